@@ -1,0 +1,45 @@
+"""Development sessions: ``nox`` runs tests, lint and typecheck; ``nox -s bench`` benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+TEST_DEPENDENCIES = ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6"]
+
+
+def _available_pythons() -> list[str]:
+    """The supported Pythons installed here; CI must have at least 3.11."""
+    return [version for version in PYTHONS if shutil.which(f"python{version}")]
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite with pytest and pytest-trio (extra pytest arguments pass through)."""
+    session.install("-e", ".", *TEST_DEPENDENCIES)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """Type-check the library with mypy --strict against trio's own inline annotations.
+
+    trio-typing is deliberately not installed: its 0.10 stubs shadow trio's newer inline
+    types (``trio.TaskStatus`` is missing there) and its mypy plugin crashes on current mypy.
+    """
+    session.install("-e", ".", "mypy")
+    session.run("mypy", "--strict", "tinyraft_trio")

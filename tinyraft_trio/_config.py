@@ -1,0 +1,177 @@
+"""RaftConfig: everything a node needs to know before it starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._core._types import NodeId
+
+
+def parse_address(value: str, *, field_name: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) or raise ValueError naming the field."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{field_name}: expected 'host:port', got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{field_name}: port must be in 0..65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def _check_positive_number(name: str, value: object, *, upper: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name}: must be a number > 0, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name}: must be <= {upper}, got {value!r}")
+
+
+def _check_int_range(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name}: must be an integer in {low}..{high}, got {value!r}")
+
+
+def _check_node_id(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value or len(value) > 128 or not value.isprintable():
+        raise ValueError(f"{name}: must be a non-empty printable string of at most 128 characters")
+    if any(ch.isspace() for ch in value) or "=" in value or "," in value:
+        raise ValueError(f"{name}: must not contain spaces, '=' or ',', got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RaftConfig:
+    """A node's configuration. Invalid values raise ValueError naming the field.
+
+    Times are in seconds.
+
+    Attributes:
+        node_id: this node's id, unique in the cluster and stable across restarts.
+        listen: ``"host:port"`` the node listens on for peers.
+        advertise: ``"host:port"`` peers use to reach this node; defaults to ``listen``.
+        peers: the initial voting members, this node included: id -> ``"host:port"``.
+        cluster_id: a name shared by every node of one cluster; connections from nodes of
+            another cluster are refused.
+        election_timeout: a follower that hears nothing from a leader for this long (times a
+            random factor drawn from [1, 2) each time) starts an election. A leader that has
+            not heard from a majority for this long steps down.
+        heartbeat_interval: how often an idle leader sends AppendEntries to each follower.
+            Must be at most half the election timeout.
+        max_entries_per_append: most entries in one AppendEntries message.
+        max_bytes_per_append: most entry payload bytes in one AppendEntries message (a single
+            larger entry is still sent, alone).
+        max_inflight_appends: most AppendEntries messages in flight to one follower.
+        max_frame_bytes: largest frame accepted from the network.
+        seed: seeds the node's randomness (election timeouts, backoff jitter) so a
+            simulated run can be replayed; None draws a seed from the OS.
+    """
+
+    node_id: NodeId
+    listen: str = "127.0.0.1:7000"
+    advertise: str | None = None
+    peers: Mapping[NodeId, str] = field(default_factory=dict)
+    cluster_id: str = "tinyraft"
+    election_timeout: float = 0.5
+    heartbeat_interval: float = 0.1
+    max_entries_per_append: int = 2048
+    max_bytes_per_append: int = 1024 * 1024
+    max_inflight_appends: int = 64
+    max_frame_bytes: int = 16 * 1024 * 1024
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_node_id("node_id", self.node_id)
+        if not isinstance(self.listen, str):
+            raise ValueError(f"listen: expected 'host:port', got {self.listen!r}")
+        parse_address(self.listen, field_name="listen")
+        if self.advertise is None:
+            object.__setattr__(self, "advertise", self.listen)
+        else:
+            parse_address(self.advertise, field_name="advertise")
+        if not isinstance(self.peers, Mapping):
+            raise ValueError("peers: expected a mapping of node id to 'host:port'")
+        for peer_id, address in self.peers.items():
+            _check_node_id(f"peers[{peer_id!r}]", peer_id)
+            if not isinstance(address, str):
+                raise ValueError(f"peers[{peer_id!r}]: expected 'host:port', got {address!r}")
+            parse_address(address, field_name=f"peers[{peer_id!r}]")
+        if self.peers and self.node_id not in self.peers:
+            raise ValueError(f"peers: must include this node ({self.node_id!r})")
+        object.__setattr__(self, "peers", types.MappingProxyType(dict(self.peers)))
+        if not isinstance(self.cluster_id, str) or not 0 < len(self.cluster_id) <= 128:
+            raise ValueError("cluster_id: must be a non-empty string of at most 128 characters")
+        _check_positive_number("election_timeout", self.election_timeout, upper=3600)
+        _check_positive_number(
+            "heartbeat_interval", self.heartbeat_interval, upper=self.election_timeout / 2
+        )
+        _check_int_range("max_entries_per_append", self.max_entries_per_append, 1, 1_000_000)
+        _check_int_range("max_bytes_per_append", self.max_bytes_per_append, 1, 1 << 30)
+        _check_int_range("max_inflight_appends", self.max_inflight_appends, 1, 100_000)
+        _check_int_range("max_frame_bytes", self.max_frame_bytes, 1024, 1 << 31)
+        if self.max_frame_bytes < self.max_bytes_per_append + 4096:
+            raise ValueError(
+                "max_frame_bytes: must be at least max_bytes_per_append + 4096 "
+                f"({self.max_bytes_per_append + 4096}), got {self.max_frame_bytes}"
+            )
+        if self.seed is not None:
+            _check_int_range("seed", self.seed, -(2**63), 2**63 - 1)
+
+    @property
+    def advertise_address(self) -> str:
+        """The address peers use to reach this node (``advertise``, else ``listen``)."""
+        return self.advertise or self.listen
+
+    def replace(self, **changes: Any) -> RaftConfig:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> RaftConfig:
+        """Build a config from the environment variables of the tinyraft tradition.
+
+        ``NODE_ID``, ``NODE_LISTEN_ADDR``, ``NODE_ADVERTISE_ADDR``, ``RAFT_TIMEOUT_MS`` (the
+        election timeout in milliseconds; the heartbeat interval becomes a fifth of it) and
+        ``RAFT_PEERS`` (``id=host:port,...``). Keyword arguments win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if "NODE_ID" in env:
+            values["node_id"] = env["NODE_ID"]
+        if "NODE_LISTEN_ADDR" in env:
+            values["listen"] = env["NODE_LISTEN_ADDR"]
+        if env.get("NODE_ADVERTISE_ADDR"):
+            values["advertise"] = env["NODE_ADVERTISE_ADDR"]
+        if env.get("RAFT_TIMEOUT_MS"):
+            text = env["RAFT_TIMEOUT_MS"]
+            if not text.strip().isdigit() or int(text) <= 0:
+                raise ValueError(f"RAFT_TIMEOUT_MS: must be a positive integer, got {text!r}")
+            values["election_timeout"] = int(text) / 1000
+            values["heartbeat_interval"] = int(text) / 5000
+        if env.get("RAFT_PEERS"):
+            values["peers"] = parse_peers(env["RAFT_PEERS"], field_name="RAFT_PEERS")
+        values.update(overrides)
+        if "node_id" not in values:
+            raise ValueError("NODE_ID: required (or pass node_id=...)")
+        return cls(**values)
+
+
+def parse_peers(text: str, *, field_name: str) -> dict[NodeId, str]:
+    """Parse ``"a=host:port,b=host:port"`` into a mapping, naming ``field_name`` on error."""
+    peers: dict[NodeId, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        peer_id, sep, address = item.partition("=")
+        if not sep or not peer_id:
+            raise ValueError(f"{field_name}: expected 'id=host:port', got {item!r}")
+        parse_address(address, field_name=field_name)
+        peers[peer_id] = address
+    return peers

@@ -1,0 +1,81 @@
+"""The messages Raft nodes exchange (Figure 2, dissertation §3.10, §4.2.3 and §9.6).
+
+Messages are frozen values. The sender's id is not part of a message: the transport knows
+which peer a message came from (its connection's handshake named it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._types import Entry, Index, NodeId, Term
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestVote:
+    """Sent by candidates to gather votes (§5.2), or by pre-candidates to probe (§9.6).
+
+    A pre-vote carries the term the candidate *would* campaign in and changes no one's state.
+    ``transfer`` marks a campaign started by TimeoutNow (leadership transfer, §3.10), which
+    followers honour even though they heard from a leader recently.
+    """
+
+    term: Term
+    candidate_id: NodeId
+    last_log_index: Index
+    last_log_term: Term
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestVoteResponse:
+    """A vote, or its refusal. A granted pre-vote echoes the term it was asked for."""
+
+    term: Term
+    vote_granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AppendEntries:
+    """Replicates log entries (§5.3); with no entries it is a heartbeat (§5.2)."""
+
+    term: Term
+    leader_id: NodeId
+    prev_log_index: Index
+    prev_log_term: Term
+    entries: tuple[Entry, ...]
+    leader_commit: Index
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AppendEntriesResponse:
+    """The follower's answer to AppendEntries.
+
+    On success ``match_index`` is the last index the follower now shares with the leader (and
+    has persisted). On failure ``reject_index`` is the ``prev_log_index`` that did not match,
+    so the leader can discard stale rejections; ``conflict_index`` and ``conflict_term`` are the
+    hint of §5.3 ("the term of the conflicting entry and the first index it stores for that
+    term"), letting the leader skip a whole term per round trip. ``conflict_term`` is 0 when the
+    follower's log is simply too short.
+    """
+
+    term: Term
+    success: bool
+    match_index: Index = 0
+    reject_index: Index = 0
+    conflict_index: Index = 0
+    conflict_term: Term = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TimeoutNow:
+    """Tells a caught-up follower to start an election at once (leadership transfer, §3.10)."""
+
+    term: Term
+    leader_id: NodeId
+
+
+Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | TimeoutNow
+"""Every message the core consumes or produces."""
