@@ -1,0 +1,607 @@
+"""The wire codec: Raft messages to msgpack frames and back, sans-IO (bytes in, values out).
+
+A frame is a 4-byte big-endian unsigned length followed by exactly one msgpack value: an array
+whose first element is the message type code, then the message's fields in declaration order::
+
+    0 Handshake              [0, protocol_version, cluster_id, node_id]
+    1 RequestVote            [1, term, candidate_id, last_log_index, last_log_term,
+                                 pre_vote, transfer]
+    2 RequestVoteResponse    [2, term, vote_granted, pre_vote]
+    3 AppendEntries          [3, term, leader_id, prev_log_index, prev_log_term,
+                                 [[term, index, kind, data], ...], leader_commit]
+    4 AppendEntriesResponse  [4, term, success, match_index, reject_index,
+                                 conflict_index, conflict_term]
+    5 TimeoutNow             [5, term, leader_id]
+
+The bytes come from the network, so nothing decoded is trusted: every value is checked (shape,
+types, ranges, and the entries of an AppendEntries follow ``prev_log_index`` consecutively)
+before a message is built, and any failure is a ``ProtocolError``. msgpack's limits are set so
+that a hostile frame cannot make the decoder allocate much more than the frame's own size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
+
+from ._core._messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from ._core._types import Entry, EntryKind
+from ._exceptions import RaftError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "FrameDecoder",
+    "Handshake",
+    "ProtocolError",
+    "decode_payload",
+    "encode_frame",
+]
+
+PROTOCOL_VERSION = 1
+"""The version this codec speaks; peers announcing another version are refused."""
+
+MAX_ID_CHARS = 128
+"""Longest node id or cluster id accepted on the wire (as RaftConfig allows)."""
+
+_MAX_U63 = 2**63 - 1
+# Terms and indexes are unsigned but must fit a signed 64-bit integer (storage, other peers).
+_MAX_STR_BYTES = MAX_ID_CHARS * 4
+# A string of MAX_ID_CHARS characters is at most this many bytes of UTF-8.
+_MIN_ENTRY_BYTES = 6
+# fixarray header, three positive fixints and a bin8 header: the smallest encoded entry.
+_SMALL_ARRAY = 8
+# Every array of a valid frame holds at most 7 items, except the entries of an AppendEntries.
+
+_HEADER = struct.Struct(">I")
+_HEADER_SIZE = _HEADER.size
+_MAX_FRAME_LENGTH = 2**32 - 1
+
+
+class ProtocolError(RaftError):
+    """Bytes received from a peer are not a valid frame; the connection must be closed.
+
+    The message says what was wrong, e.g. ``"unknown message type 99"``.
+    """
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Handshake:
+    """The first frame each side sends on a connection: who it is and what it speaks.
+
+    A connection is only used once both sides agree on ``protocol_version`` and ``cluster_id``,
+    so nodes of two clusters that share hosts cannot corrupt each other's logs.
+    """
+
+    protocol_version: int
+    cluster_id: str
+    node_id: str
+
+
+# -- Encoding ------------------------------------------------------------------------------
+
+# One Packer for the whole process: building one per frame costs more than packing a
+# heartbeat. Packer.pack runs entirely in C under the GIL, so sharing it is safe.
+_pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def _fields_of_handshake(m: Handshake) -> tuple[object, ...]:
+    return (0, m.protocol_version, m.cluster_id, m.node_id)
+
+
+def _fields_of_request_vote(m: RequestVote) -> tuple[object, ...]:
+    return (1, m.term, m.candidate_id, m.last_log_index, m.last_log_term, m.pre_vote, m.transfer)
+
+
+def _fields_of_request_vote_response(m: RequestVoteResponse) -> tuple[object, ...]:
+    return (2, m.term, m.vote_granted, m.pre_vote)
+
+
+def _fields_of_append_entries(m: AppendEntries) -> tuple[object, ...]:
+    # EntryKind is an IntEnum, which msgpack packs as the plain integer.
+    entries = [(e.term, e.index, e.kind, e.data) for e in m.entries]
+    return (3, m.term, m.leader_id, m.prev_log_index, m.prev_log_term, entries, m.leader_commit)
+
+
+def _fields_of_append_entries_response(m: AppendEntriesResponse) -> tuple[object, ...]:
+    return (
+        4,
+        m.term,
+        m.success,
+        m.match_index,
+        m.reject_index,
+        m.conflict_index,
+        m.conflict_term,
+    )
+
+
+def _fields_of_timeout_now(m: TimeoutNow) -> tuple[object, ...]:
+    return (5, m.term, m.leader_id)
+
+
+_FIELDS_OF: dict[type, Callable[[Any], tuple[object, ...]]] = {
+    Handshake: _fields_of_handshake,
+    RequestVote: _fields_of_request_vote,
+    RequestVoteResponse: _fields_of_request_vote_response,
+    AppendEntries: _fields_of_append_entries,
+    AppendEntriesResponse: _fields_of_append_entries_response,
+    TimeoutNow: _fields_of_timeout_now,
+}
+
+
+def encode_frame(message: Message | Handshake) -> bytes:
+    """Encode ``message`` as one complete frame: the 4-byte length, then the msgpack body.
+
+    Raises:
+        TypeError: ``message`` is not a message type this codec knows.
+        ValueError: the encoded body is larger than a frame can describe (4 GiB).
+    """
+    fields_of = _FIELDS_OF.get(type(message))
+    if fields_of is None:
+        raise TypeError(f"cannot encode {type(message).__name__}: not a wire message")
+    body = _pack(fields_of(message))
+    if len(body) > _MAX_FRAME_LENGTH:
+        raise ValueError(f"{type(message).__name__} of {len(body)} bytes does not fit a frame")
+    return _HEADER.pack(len(body)) + body
+
+
+# -- Decoding ------------------------------------------------------------------------------
+
+_UNPACK_LIMITS: dict[str, Any] = {
+    "raw": False,
+    "strict_map_key": True,
+    "max_str_len": _MAX_STR_BYTES,
+    "max_array_len": _SMALL_ARRAY,
+    "max_map_len": 0,
+    "max_ext_len": 0,
+}
+# msgpack allocates a container's slots when it reads the container's header, before reading
+# its items. With arrays capped at 8 slots, even a frame of nothing but nested array headers
+# (msgpack stops at depth 1024) allocates little; large entry lists take the streaming path.
+
+_U63 = "u63"
+_ID = "id"
+_BOOL = "bool"
+_ENTRIES = "entries"
+
+_LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
+    0: ("Handshake", (("protocol_version", _U63), ("cluster_id", _ID), ("node_id", _ID))),
+    1: (
+        "RequestVote",
+        (
+            ("term", _U63),
+            ("candidate_id", _ID),
+            ("last_log_index", _U63),
+            ("last_log_term", _U63),
+            ("pre_vote", _BOOL),
+            ("transfer", _BOOL),
+        ),
+    ),
+    2: ("RequestVoteResponse", (("term", _U63), ("vote_granted", _BOOL), ("pre_vote", _BOOL))),
+    3: (
+        "AppendEntries",
+        (
+            ("term", _U63),
+            ("leader_id", _ID),
+            ("prev_log_index", _U63),
+            ("prev_log_term", _U63),
+            ("entries", _ENTRIES),
+            ("leader_commit", _U63),
+        ),
+    ),
+    4: (
+        "AppendEntriesResponse",
+        (
+            ("term", _U63),
+            ("success", _BOOL),
+            ("match_index", _U63),
+            ("reject_index", _U63),
+            ("conflict_index", _U63),
+            ("conflict_term", _U63),
+        ),
+    ),
+    5: ("TimeoutNow", (("term", _U63), ("leader_id", _ID))),
+}
+"""Each message's wire fields and their kinds: the reference for the fast checks below, and
+what ``_fail`` walks to explain a failed check."""
+
+_ENTRY_KINDS: dict[int, EntryKind] = {int(kind): kind for kind in EntryKind}
+
+
+def _make_entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
+    """Return the fastest correct way to build an Entry from already-validated fields.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+    makes it most of the cost of decoding a large AppendEntries. While Entry stays a plain
+    slotted dataclass of exactly these four fields with no ``__post_init__``, writing the
+    slots directly builds the same value in less than half the time.
+    """
+    names = tuple(field.name for field in dataclasses.fields(Entry))
+    slots = vars(Entry).get("__slots__")
+    if (
+        names != ("term", "index", "kind", "data")
+        or slots is None
+        or hasattr(Entry, "__post_init__")
+    ):
+        return lambda term, index, kind, data: Entry(term=term, index=index, kind=kind, data=data)
+    new = object.__new__
+    set_term, set_index, set_kind, set_data = (vars(Entry)[name].__set__ for name in names)
+
+    def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+        entry: Entry = new(Entry)
+        set_term(entry, term)
+        set_index(entry, index)
+        set_kind(entry, kind)
+        set_data(entry, data)
+        return entry
+
+    return build
+
+
+_build_entry = _make_entry_builder()
+
+
+def _describe(value: object) -> str:
+    """Show a received value in an error message without dumping megabytes of it."""
+    if isinstance(value, bytes | str | list | dict):
+        text = repr(value)
+        if len(text) > 40:
+            return f"{type(value).__name__} of length {len(value)}"
+        return text
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
+
+
+def _problem(kind: str, value: object) -> str | None:
+    """Why ``value`` is not a valid field of ``kind``, or None if it is."""
+    if kind == _U63:
+        if type(value) is not int:
+            return f"expected an integer, got {_describe(value)}"
+        if value < 0:
+            return f"expected an integer >= 0, got {value}"
+        if value > _MAX_U63:
+            return f"expected an integer <= {_MAX_U63}, got {value}"
+    elif kind == _ID:
+        if type(value) is not str:
+            return f"expected a string, got {_describe(value)}"
+        if not 0 < len(value) <= MAX_ID_CHARS:
+            return f"expected a string of 1..{MAX_ID_CHARS} characters, got {len(value)}"
+    elif kind == _BOOL:
+        if type(value) is not bool:
+            return f"expected a boolean, got {_describe(value)}"
+    elif kind == _ENTRIES and type(value) is not list:
+        return f"expected an array of entries, got {_describe(value)}"
+    return None
+
+
+def _fail(code: int, obj: list[Any]) -> ProtocolError:
+    """Build the error explaining why ``obj`` failed its message's fast check."""
+    name, layout = _LAYOUTS[code]
+    if len(obj) != len(layout) + 1:
+        return ProtocolError(f"{name}: expected {len(layout)} fields, got {len(obj) - 1}")
+    for (field, kind), value in zip(layout, obj[1:], strict=True):
+        problem = _problem(kind, value)
+        if problem is not None:
+            return ProtocolError(f"{name} field {field}: {problem}")
+    # Only reached if a fast check disagrees with _LAYOUTS: a bug here, not in the peer.
+    return ProtocolError(f"{name}: invalid message")
+
+
+def _decode_handshake(obj: list[Any]) -> Handshake:
+    if len(obj) == 4:
+        _, version, cluster_id, node_id = obj
+        if (
+            type(version) is int
+            and 0 <= version <= _MAX_U63
+            and type(cluster_id) is str
+            and 0 < len(cluster_id) <= MAX_ID_CHARS
+            and type(node_id) is str
+            and 0 < len(node_id) <= MAX_ID_CHARS
+        ):
+            return Handshake(protocol_version=version, cluster_id=cluster_id, node_id=node_id)
+    raise _fail(0, obj)
+
+
+def _decode_request_vote(obj: list[Any]) -> RequestVote:
+    if len(obj) == 7:
+        _, term, candidate_id, last_log_index, last_log_term, pre_vote, transfer = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(candidate_id) is str
+            and 0 < len(candidate_id) <= MAX_ID_CHARS
+            and type(last_log_index) is int
+            and 0 <= last_log_index <= _MAX_U63
+            and type(last_log_term) is int
+            and 0 <= last_log_term <= _MAX_U63
+            and type(pre_vote) is bool
+            and type(transfer) is bool
+        ):
+            return RequestVote(
+                term=term,
+                candidate_id=candidate_id,
+                last_log_index=last_log_index,
+                last_log_term=last_log_term,
+                pre_vote=pre_vote,
+                transfer=transfer,
+            )
+    raise _fail(1, obj)
+
+
+def _decode_request_vote_response(obj: list[Any]) -> RequestVoteResponse:
+    if len(obj) == 4:
+        _, term, vote_granted, pre_vote = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(vote_granted) is bool
+            and type(pre_vote) is bool
+        ):
+            return RequestVoteResponse(term=term, vote_granted=vote_granted, pre_vote=pre_vote)
+    raise _fail(2, obj)
+
+
+def _decode_entries(raw_entries: list[Any], term: int, prev_log_index: int) -> tuple[Entry, ...]:
+    """Check and build AppendEntries' entries: consecutive from prev_log_index + 1 (§5.3),
+    terms in 1..term (a leader only sends entries of its own or earlier terms)."""
+    if prev_log_index + len(raw_entries) > _MAX_U63:
+        raise ProtocolError(
+            f"AppendEntries field entries: {len(raw_entries)} entries after prev_log_index "
+            f"{prev_log_index} would pass the largest index {_MAX_U63}"
+        )
+    entries = []
+    index = prev_log_index
+    kinds = _ENTRY_KINDS
+    build = _build_entry
+    for raw in raw_entries:
+        index += 1
+        if type(raw) is list and len(raw) == 4:
+            entry_term, entry_index, kind, data = raw
+            if (
+                type(entry_term) is int
+                and 0 < entry_term <= term
+                and type(entry_index) is int
+                and entry_index == index
+                and type(kind) is int
+                and kind in kinds
+                and type(data) is bytes
+            ):
+                entries.append(build(entry_term, index, kinds[kind], data))
+                continue
+        position = index - prev_log_index - 1
+        raise ProtocolError(f"AppendEntries entries[{position}] {_entry_problem(raw, term, index)}")
+    return tuple(entries)
+
+
+def _entry_problem(raw: object, term: int, index: int) -> str:
+    """Explain why ``raw`` is not the entry expected at ``index``."""
+    if type(raw) is not list or len(raw) != 4:
+        return f"expected an array [term, index, kind, data], got {_describe(raw)}"
+    entry_term, entry_index, kind, data = raw
+    if type(entry_term) is not int or not 0 < entry_term <= term:
+        return (
+            f"term: expected an integer in 1..{term} (the message term), "
+            f"got {_describe(entry_term)}"
+        )
+    if type(entry_index) is not int or entry_index != index:
+        return (
+            f"index: expected {index} (entries must follow prev_log_index consecutively), "
+            f"got {_describe(entry_index)}"
+        )
+    if type(kind) is not int or kind not in _ENTRY_KINDS:
+        valid = ", ".join(str(int(k)) for k in EntryKind)
+        return f"kind: expected one of {valid}, got {_describe(kind)}"
+    return f"data: expected bytes, got {_describe(data)}"
+
+
+def _decode_append_entries(obj: list[Any]) -> AppendEntries:
+    if len(obj) == 7:
+        _, term, leader_id, prev_log_index, prev_log_term, raw_entries, leader_commit = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(leader_id) is str
+            and 0 < len(leader_id) <= MAX_ID_CHARS
+            and type(prev_log_index) is int
+            and 0 <= prev_log_index <= _MAX_U63
+            and type(prev_log_term) is int
+            and 0 <= prev_log_term <= _MAX_U63
+            and type(raw_entries) is list
+            and type(leader_commit) is int
+            and 0 <= leader_commit <= _MAX_U63
+        ):
+            return AppendEntries(
+                term=term,
+                leader_id=leader_id,
+                prev_log_index=prev_log_index,
+                prev_log_term=prev_log_term,
+                entries=_decode_entries(raw_entries, term, prev_log_index) if raw_entries else (),
+                leader_commit=leader_commit,
+            )
+    raise _fail(3, obj)
+
+
+def _decode_append_entries_response(obj: list[Any]) -> AppendEntriesResponse:
+    if len(obj) == 7:
+        _, term, success, match_index, reject_index, conflict_index, conflict_term = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(success) is bool
+            and type(match_index) is int
+            and 0 <= match_index <= _MAX_U63
+            and type(reject_index) is int
+            and 0 <= reject_index <= _MAX_U63
+            and type(conflict_index) is int
+            and 0 <= conflict_index <= _MAX_U63
+            and type(conflict_term) is int
+            and 0 <= conflict_term <= _MAX_U63
+        ):
+            return AppendEntriesResponse(
+                term=term,
+                success=success,
+                match_index=match_index,
+                reject_index=reject_index,
+                conflict_index=conflict_index,
+                conflict_term=conflict_term,
+            )
+    raise _fail(4, obj)
+
+
+def _decode_timeout_now(obj: list[Any]) -> TimeoutNow:
+    if len(obj) == 3:
+        _, term, leader_id = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(leader_id) is str
+            and 0 < len(leader_id) <= MAX_ID_CHARS
+        ):
+            return TimeoutNow(term=term, leader_id=leader_id)
+    raise _fail(5, obj)
+
+
+_DECODERS: tuple[Callable[[list[Any]], Message | Handshake], ...] = (
+    _decode_handshake,
+    _decode_request_vote,
+    _decode_request_vote_response,
+    _decode_append_entries,
+    _decode_append_entries_response,
+    _decode_timeout_now,
+)
+
+
+def _unpack_large_append_entries(payload: bytes | bytearray | memoryview) -> list[Any]:
+    """Unpack an AppendEntries frame whose entry list is too long for the one-shot path.
+
+    Reads the message array and the entry list by their headers (which allocate nothing),
+    then the entries one by one, so every container msgpack allocates is still capped.
+    """
+    size = len(payload)
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=size, read_size=size, max_bin_len=size, **_UNPACK_LIMITS
+    )
+    try:
+        unpacker.feed(payload)
+        length = unpacker.read_array_header()
+        if length != 7:
+            raise ProtocolError(f"AppendEntries: expected 6 fields, got {length - 1}")
+        obj = [unpacker.unpack() for _ in range(5)]
+        count = unpacker.read_array_header()
+        if count * _MIN_ENTRY_BYTES > size - unpacker.tell():
+            raise ProtocolError(
+                f"AppendEntries field entries: {count} entries cannot fit in "
+                f"{size - unpacker.tell()} remaining bytes"
+            )
+        entries = list(itertools.islice(unpacker, count))
+        if len(entries) != count:
+            raise ProtocolError(f"malformed msgpack: entry list truncated at {len(entries)}")
+        obj.append(entries)
+        obj.append(unpacker.unpack())
+        if unpacker.tell() != size:
+            raise ProtocolError(f"malformed msgpack: {size - unpacker.tell()} bytes of extra data")
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        # msgpack signals bad input with many exception types (ValueError and its
+        # subclasses, OutOfData, TypeError, ...); all of them mean "bad frame" here.
+        raise ProtocolError(f"malformed msgpack: {exc}") from exc
+    return obj
+
+
+def decode_payload(payload: bytes | bytearray | memoryview) -> Message | Handshake:
+    """Decode and validate one frame's body (without its 4-byte length).
+
+    Raises:
+        ProtocolError: the body is not exactly one valid message.
+    """
+    try:
+        obj = msgpack.unpackb(payload, max_bin_len=len(payload), **_UNPACK_LIMITS)
+    except Exception as exc:
+        # An AppendEntries (canonically: fixarray of 7, type code 3) with more than
+        # _SMALL_ARRAY entries lands here; retry it on the path that streams entries.
+        if len(payload) > 2 and payload[0] == 0x97 and payload[1] == 3:
+            obj = _unpack_large_append_entries(payload)
+        else:
+            raise ProtocolError(f"malformed msgpack: {exc}") from exc
+    if type(obj) is not list or not obj:
+        raise ProtocolError(f"expected a message array, got {_describe(obj)}")
+    code = obj[0]
+    if type(code) is not int or not 0 <= code < len(_DECODERS):
+        raise ProtocolError(f"unknown message type {_describe(code)}")
+    return _DECODERS[code](obj)
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames and decodes each; keeps partial frames between feeds.
+
+    A frame longer than ``max_frame_bytes`` is refused as soon as its length header arrives,
+    without waiting for (or buffering) its body. After a ``ProtocolError`` the stream is out of
+    step, so the decoder refuses all further input: close the connection.
+    """
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        if isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int):
+            raise TypeError(f"max_frame_bytes: expected an integer, got {max_frame_bytes!r}")
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes: must be >= 1, got {max_frame_bytes}")
+        self._max_frame_bytes = max_frame_bytes
+        # Invariant: holds no complete frame between calls to feed(), and no more than the
+        # header plus max_frame_bytes of one frame.
+        self._buffer = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """How many bytes of an incomplete frame are waiting for the rest of it."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message | Handshake]:
+        """Add ``data`` from the stream; return every message completed by it, in order.
+
+        Raises:
+            ProtocolError: the stream holds an oversized or invalid frame. Messages decoded
+                earlier in the same call are discarded with the connection.
+        """
+        if self._error is not None:
+            raise ProtocolError(f"stream already failed: {self._error}")
+        buffer = self._buffer
+        buffer += data
+        messages: list[Message | Handshake] = []
+        end = len(buffer)
+        position = 0
+        try:
+            with memoryview(buffer) as view:
+                while end - position >= _HEADER_SIZE:
+                    (length,) = _HEADER.unpack_from(buffer, position)
+                    if length > self._max_frame_bytes:
+                        raise ProtocolError(
+                            f"frame of {length} bytes exceeds max_frame_bytes "
+                            f"{self._max_frame_bytes}"
+                        )
+                    start = position + _HEADER_SIZE
+                    if end - start < length:
+                        break
+                    position = start + length
+                    # Released explicitly so no view outlives this loop (a live view would
+                    # forbid resizing the buffer), even one kept by an exception's traceback.
+                    with view[start:position] as payload:
+                        messages.append(decode_payload(payload))
+        except ProtocolError as exc:
+            self._error = exc
+            self._buffer = bytearray()
+            raise
+        del buffer[:position]
+        return messages
