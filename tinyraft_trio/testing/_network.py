@@ -1,0 +1,417 @@
+"""An in-memory network for simulated clusters, like ``trio.testing``'s memory streams.
+
+``MemoryNetwork`` hands out one ``MemoryTransport`` per node id. The transports implement the
+``Transport`` protocol the node drives, so a whole cluster runs in one Trio program, and under
+``trio.testing.MockClock(autojump_threshold=0)`` it runs in virtual time: message delays cost no
+real time, and a run that needs an hour of timeouts takes milliseconds.
+
+Faults are those Raft must tolerate (dissertation §3.2: messages may be lost, delayed, duplicated
+and reordered; servers may crash and partitions may split the cluster), and all of them are drawn
+from one ``random.Random(seed)`` owned by the network, so a failing seed replays. Trio's scheduler
+is randomized on purpose, so a replay repeats the network's decisions for the same sequence of
+sends, not the exact interleaving of tasks.
+
+Every message goes through the real codec (``tinyraft_trio._wire``): the sender encodes a frame and
+the receiver decodes it with a ``FrameDecoder``, so a message the wire format cannot carry fails
+the simulation loudly instead of passing a Python object by reference.
+
+Deliveries run inside the receiver's ``serve()``: cancelling it (a crash) discards everything in
+flight to that node, exactly as a killed process loses its socket buffers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from .._core._messages import Message
+from .._core._types import NodeId
+from .._transport import AddressBook, MessageHandler, TransportStatistics
+from .._wire import FrameDecoder, Handshake, ProtocolError, encode_frame
+
+__all__ = ["MemoryNetwork", "MemoryTransport", "NetworkStatistics"]
+
+_LENGTH_PREFIX_BYTES = 4
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NetworkStatistics:
+    """A snapshot of a ``MemoryNetwork``'s counters.
+
+    Once nothing is in flight, ``sent + duplicated == delivered + dropped``.
+    """
+
+    sent: int = 0
+    """Calls to ``send_nowait`` on any of the network's transports."""
+    delivered: int = 0
+    """Copies handed to a receiver's ``deliver`` callback (duplicates count separately)."""
+    dropped: int = 0
+    """Copies lost: sender or receiver down, partitioned, randomly dropped, or still in flight
+    to a node when its ``serve()`` ended."""
+    duplicated: int = 0
+    """Extra copies the network injected because of ``duplicate_rate``."""
+
+
+@dataclass(kw_only=True, slots=True)
+class _Link:
+    """Receiver-side state of one directed link (sender -> this serve() call)."""
+
+    decoder: FrameDecoder
+    last_deliver_at: float = -math.inf
+    """Invariant: no copy on this link is scheduled later than this (FIFO without reorder)."""
+
+
+_Pending = tuple[float, int, NodeId, bytes]
+"""A copy in flight: (deliver_at, sequence number, sender, frame). The unique sequence number
+breaks ties in send order and keeps frames from ever being compared."""
+
+
+class _Inbox:
+    """Everything in flight to one running ``serve()`` call; dies with it."""
+
+    def __init__(self, deliver: MessageHandler) -> None:
+        self.deliver = deliver
+        self.pending: list[_Pending] = []
+        """Invariant: a heap ordered by (deliver_at, sequence)."""
+        self.links: dict[NodeId, _Link] = {}
+        self.wakeup = trio.Event()
+        """Set when ``pending`` gains a new earliest copy, so the delivery loop re-arms."""
+
+
+def _check_rate(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _check_delay(delay: tuple[float, float]) -> tuple[float, float]:
+    low, high = delay
+    if not 0.0 <= low <= high or math.isinf(high):
+        raise ValueError(f"delay must be a finite (low, high) with 0 <= low <= high, got {delay!r}")
+    return (float(low), float(high))
+
+
+class MemoryNetwork:
+    """A simulated network joining the ``MemoryTransport``s it hands out.
+
+    Links are directed and independent. For each message the network decides, in this order
+    and with its own seeded RNG: whether to drop it, its delay (uniform over ``delay``), and
+    whether to deliver a second copy (with its own delay). Without ``reorder`` a link delivers
+    in send order (a copy never overtakes an earlier one on the same link); with ``reorder``
+    each copy arrives at its own time. The RNG is only consulted for faults that are switched
+    on, so a fault-free network leaves a shared RNG untouched.
+
+    Reachability (``partition``, ``isolate``, ``heal``) is checked when a message is sent and
+    again when it arrives, so a partition also loses what was in flight across it.
+
+    Args:
+        seed: seeds the network's ``random.Random``.
+        drop_rate: probability that a message is lost.
+        delay: ``(low, high)`` seconds of (virtual) delay per copy.
+        duplicate_rate: probability that a delivered message arrives twice.
+        reorder: let copies on one link overtake each other.
+        max_frame_bytes: largest frame payload the codec accepts; larger messages raise.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        drop_rate: float = 0.0,
+        delay: tuple[float, float] = (0.0, 0.0),
+        duplicate_rate: float = 0.0,
+        reorder: bool = False,
+        max_frame_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        if max_frame_bytes <= 0:
+            raise ValueError(f"max_frame_bytes must be positive, got {max_frame_bytes!r}")
+        self._rng = random.Random(seed)
+        self._drop_rate = _check_rate("drop_rate", drop_rate)
+        self._delay = _check_delay(delay)
+        self._duplicate_rate = _check_rate("duplicate_rate", duplicate_rate)
+        self._reorder = bool(reorder)
+        self._max_frame_bytes = max_frame_bytes
+        self._transports: dict[NodeId, MemoryTransport] = {}
+        """Invariant: holds the newest transport handed out for each node id."""
+        self._groups: dict[NodeId, int] | None = None
+        """Partition group of each node; None means no partition. Unlisted nodes reach no one."""
+        self._isolated: set[NodeId] = set()
+        self._sequence = 0
+        self._sent = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._duplicated = 0
+
+    @property
+    def rng(self) -> random.Random:
+        """The network's seeded RNG; simulation tests may draw from it too, to replay with it."""
+        return self._rng
+
+    def transport(self, node_id: NodeId) -> MemoryTransport:
+        """Return a new transport for ``node_id``, replacing any earlier one.
+
+        Calling it again for the same id models a restarted node: the old transport is cut
+        off (its sends are dropped, nothing more is delivered to it, including what was in
+        flight to it) even if its ``serve()`` is still running.
+        """
+        transport = MemoryTransport(self, node_id)
+        self._transports[node_id] = transport
+        return transport
+
+    def partition(self, *groups: Iterable[NodeId]) -> None:
+        """Split the network: only nodes in the same group can talk.
+
+        Replaces the current topology, including earlier isolations. Nodes named in no group
+        are cut off from everyone. ``partition()`` with no groups cuts every node off.
+
+        Raises:
+            TypeError: a group is a bare string (write ``{"a"}``, not ``"a"``).
+            ValueError: a node is named in two groups.
+        """
+        assignment: dict[NodeId, int] = {}
+        for number, group in enumerate(groups):
+            if isinstance(group, str):
+                raise TypeError(f"partition groups must be collections of node ids, got {group!r}")
+            for node_id in group:
+                if assignment.setdefault(node_id, number) != number:
+                    raise ValueError(f"node {node_id!r} is named in more than one group")
+        self._groups = assignment
+        self._isolated.clear()
+
+    def isolate(self, node_id: NodeId) -> None:
+        """Cut ``node_id`` off from every other node; the others keep their reachability."""
+        self._isolated.add(node_id)
+
+    def heal(self) -> None:
+        """Remove every partition and isolation. Drop, delay and duplication rates stay."""
+        self._groups = None
+        self._isolated.clear()
+
+    def set_faults(
+        self,
+        *,
+        drop_rate: float | None = None,
+        delay: tuple[float, float] | None = None,
+        duplicate_rate: float | None = None,
+        reorder: bool | None = None,
+    ) -> None:
+        """Change the fault settings for messages sent from now on; None keeps a setting.
+
+        Copies already in flight keep the delivery time they were given.
+        """
+        # Validate everything before changing anything.
+        new_drop = self._drop_rate if drop_rate is None else _check_rate("drop_rate", drop_rate)
+        new_delay = self._delay if delay is None else _check_delay(delay)
+        new_duplicate = (
+            self._duplicate_rate
+            if duplicate_rate is None
+            else _check_rate("duplicate_rate", duplicate_rate)
+        )
+        self._drop_rate = new_drop
+        self._delay = new_delay
+        self._duplicate_rate = new_duplicate
+        if reorder is not None:
+            self._reorder = bool(reorder)
+
+    def can_reach(self, a: NodeId, b: NodeId) -> bool:
+        """Whether the current topology lets a message from ``a`` reach ``b``.
+
+        Only the topology counts, not whether ``b`` is serving. A node always reaches itself.
+        """
+        if a == b:
+            return True
+        if a in self._isolated or b in self._isolated:
+            return False
+        if self._groups is None:
+            return True
+        group = self._groups.get(a)
+        return group is not None and group == self._groups.get(b)
+
+    def statistics(self) -> NetworkStatistics:
+        """Return a snapshot of the network's counters."""
+        return NetworkStatistics(
+            sent=self._sent,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            duplicated=self._duplicated,
+        )
+
+    # -- used by MemoryTransport --------------------------------------------------------------
+
+    def _inbox_of(self, node_id: NodeId) -> _Inbox | None:
+        """The inbox of ``node_id``'s current transport, or None if that node is not up."""
+        transport = self._transports.get(node_id)
+        return None if transport is None else transport._inbox
+
+    def _send(self, sender: MemoryTransport, to: NodeId, message: Message) -> None:
+        # Encode first, whatever happens to the message next, so a message the codec cannot
+        # carry fails the simulation at the send that produced it.
+        frame = encode_frame(message)
+        if len(frame) - _LENGTH_PREFIX_BYTES > self._max_frame_bytes:
+            raise ProtocolError(
+                f"{type(message).__name__} from {sender.node_id!r} to {to!r} encodes to "
+                f"{len(frame) - _LENGTH_PREFIX_BYTES} bytes, above max_frame_bytes="
+                f"{self._max_frame_bytes}"
+            )
+        self._sent += 1
+        inbox = self._inbox_of(to)
+        if (
+            sender._inbox is None
+            or self._transports.get(sender.node_id) is not sender
+            or inbox is None
+            or not self.can_reach(sender.node_id, to)
+        ):
+            # Refused before it left: the sender's own transport would know (no connection).
+            self._dropped += 1
+            sender._messages_dropped += 1
+            return
+        sender._messages_sent += 1
+        rng = self._rng
+        if self._drop_rate >= 1.0 or (self._drop_rate > 0.0 and rng.random() < self._drop_rate):
+            self._dropped += 1
+            return
+        now = trio.current_time()
+        self._schedule(inbox, sender.node_id, frame, now)
+        if self._duplicate_rate >= 1.0 or (
+            self._duplicate_rate > 0.0 and rng.random() < self._duplicate_rate
+        ):
+            self._duplicated += 1
+            self._schedule(inbox, sender.node_id, frame, now)
+
+    def _schedule(self, inbox: _Inbox, sender: NodeId, frame: bytes, now: float) -> None:
+        low, high = self._delay
+        deliver_at = now + (self._rng.uniform(low, high) if high > low else low)
+        link = inbox.links.get(sender)
+        if link is None:
+            link = inbox.links[sender] = _Link(decoder=FrameDecoder(self._max_frame_bytes))
+        if not self._reorder:
+            deliver_at = max(deliver_at, link.last_deliver_at)
+        link.last_deliver_at = max(link.last_deliver_at, deliver_at)
+        self._sequence += 1
+        heapq.heappush(inbox.pending, (deliver_at, self._sequence, sender, frame))
+        if inbox.pending[0][1] == self._sequence:
+            inbox.wakeup.set()
+
+    def _deliver_one(self, transport: MemoryTransport, inbox: _Inbox) -> None:
+        """Hand the earliest pending copy to ``transport``'s node, if it may still arrive."""
+        _, _, sender, frame = heapq.heappop(inbox.pending)
+        if self._inbox_of(transport.node_id) is not inbox or not self.can_reach(
+            sender, transport.node_id
+        ):
+            self._dropped += 1
+            return
+        decoded = inbox.links[sender].decoder.feed(frame)
+        if len(decoded) != 1 or isinstance(decoded[0], Handshake):
+            raise ProtocolError(f"a memory-network frame decoded to {decoded!r}, not one message")
+        self._delivered += 1
+        transport._messages_received += 1
+        inbox.deliver(sender, decoded[0])
+
+    def _discard(self, inbox: _Inbox) -> None:
+        """Count what was still in flight to a ``serve()`` call that ended."""
+        self._dropped += len(inbox.pending)
+        inbox.pending.clear()
+
+
+class MemoryTransport:
+    """One node's attachment to a ``MemoryNetwork``; implements ``Transport``.
+
+    Get one from ``MemoryNetwork.transport(node_id)``. The node is up, and can send and
+    receive, from the moment ``serve()`` calls ``task_status.started()`` until ``serve()`` is
+    cancelled.
+
+    Counters: ``messages_sent`` counts messages that entered the network (even if the network
+    then loses them, as a real wire would, silently); ``messages_dropped`` counts messages
+    refused at once because this node or the peer was down or unreachable;
+    ``connections_rejected`` is always 0.
+    """
+
+    def __init__(self, network: MemoryNetwork, node_id: NodeId) -> None:
+        self._network = network
+        self._node_id = node_id
+        self._inbox: _Inbox | None = None
+        """Invariant: not None exactly while serve() runs (after started())."""
+        self._messages_sent = 0
+        self._messages_received = 0
+        self._messages_dropped = 0
+
+    @property
+    def node_id(self) -> NodeId:
+        """The id this transport was made for."""
+        return self._node_id
+
+    async def serve(
+        self,
+        node_id: NodeId,
+        deliver: MessageHandler,
+        address_of: AddressBook,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Put the node on the network and deliver its incoming messages until cancelled.
+
+        Deliveries run in this task, so ``deliver`` is called from here; an exception it
+        raises (or a frame the codec rejects) propagates out of ``serve()``. ``address_of``
+        is ignored: memory nodes are addressed by id.
+
+        Calls ``task_status.started()`` once peers can reach the node. Never returns. When
+        cancelled, the node is off the network: everything in flight to it is discarded
+        (counted as dropped) and later messages to or from it are dropped.
+
+        Raises:
+            ValueError: ``node_id`` is not the id this transport was made for.
+            RuntimeError: ``serve()`` is already running on this transport.
+        """
+        if node_id != self.node_id:
+            raise ValueError(f"this transport belongs to {self.node_id!r}, not {node_id!r}")
+        if self._inbox is not None:
+            raise RuntimeError(f"transport for {node_id!r} is already serving")
+        inbox = _Inbox(deliver)
+        self._inbox = inbox
+        try:
+            task_status.started()
+            await self._run_deliveries(inbox)
+        finally:
+            self._inbox = None
+            self._network._discard(inbox)
+
+    async def _run_deliveries(self, inbox: _Inbox) -> None:
+        pending = inbox.pending
+        while True:
+            if pending and pending[0][0] <= trio.current_time():
+                # A checkpoint before each delivery: a cancelled node receives nothing more,
+                # other tasks (and a looping self-send) get to run, and reachability is
+                # judged at the moment of delivery. Copies only ever join the heap while
+                # we yield, so its head is still due afterwards.
+                await trio.lowlevel.checkpoint()
+                self._network._deliver_one(self, inbox)
+                continue
+            inbox.wakeup = trio.Event()
+            with trio.move_on_at(pending[0][0] if pending else math.inf):
+                await inbox.wakeup.wait()
+
+    def send_nowait(self, to: NodeId, message: Message) -> None:
+        """Put ``message`` on the network for ``to`` and return at once; never blocks.
+
+        Delivery, if any, happens later in ``to``'s ``serve()`` task, never inside this
+        call. The message is dropped if this node or ``to`` is not serving, if they cannot
+        reach each other, or at random per the network's faults.
+
+        Raises:
+            ProtocolError: the message encodes to more than ``max_frame_bytes``.
+            Exception: whatever ``encode_frame`` raises for a message it cannot encode.
+        """
+        self._network._send(self, to, message)
+
+    def statistics(self) -> TransportStatistics:
+        """Return a snapshot of this transport's counters."""
+        return TransportStatistics(
+            messages_sent=self._messages_sent,
+            messages_received=self._messages_received,
+            messages_dropped=self._messages_dropped,
+        )
