@@ -131,9 +131,7 @@ class RaftConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> RaftConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RaftConfig:
         """Build a config from the environment variables of the tinyraft tradition.
 
         ``NODE_ID``, ``NODE_LISTEN_ADDR``, ``NODE_ADVERTISE_ADDR``, ``RAFT_TIMEOUT_MS`` (the

@@ -1,0 +1,546 @@
+"""RaftCore: the Raft algorithm as a deterministic state machine, with no I/O.
+
+The driver feeds it inputs (messages, timer expiries, proposals, the clock's reading) and
+drains its outputs with ``take_ready``, in etcd/raft's order: persist the hard state and the
+new entries first, then send the messages, then apply the committed entries. Messages that
+acknowledge log entries or votes are only ever sent through ``take_ready``, so nothing is
+promised before it is durable. AppendEntries built by ``replicate`` may leave the leader
+before its own copy is durable (dissertation §10.2.1); the leader counts itself towards a
+commit only for entries the driver reports persisted through ``on_persisted``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ._log import RaftLog
+from ._messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from ._progress import Progress, ReplicationState
+from ._quorum import VoteOutcome, committed_index, majority, tally
+from ._types import Entry, EntryKind, HardState, Index, NodeId, Role, Term
+
+
+class SafetyViolation(AssertionError):
+    """A Raft invariant was about to be broken: a bug, never a runtime condition."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoreSettings:
+    """The knobs of the algorithm itself (the driver keeps the ones about time and I/O)."""
+
+    election_timeout: float
+    max_entries_per_append: int = 2048
+    max_bytes_per_append: int = 1024 * 1024
+    max_inflight_appends: int = 64
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ready:
+    """Work for the driver, to be done in this order.
+
+    1. Persist ``hard_state`` (if not None) and the log change: drop every stored entry at
+       or after ``first_index`` and write ``entries`` (when ``first_index`` is not None).
+    2. Send ``messages`` — only once step 1 is durable.
+    Committed entries are fetched separately with ``RaftCore.take_committed``.
+    """
+
+    hard_state: HardState | None
+    first_index: Index | None
+    entries: tuple[Entry, ...]
+    messages: tuple[tuple[NodeId, Message], ...]
+
+
+class RaftCore:
+    """One node's Raft state and the rules of Figure 2, plus pre-vote and check-quorum.
+
+    Every method runs to completion synchronously; ``now`` arguments are readings of the
+    driver's clock, used only to measure leader contact.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        voters: Iterable[NodeId],
+        settings: CoreSettings,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+    ) -> None:
+        self.id = node_id
+        self.settings = settings
+        self.voters: frozenset[NodeId] = frozenset(voters)
+        # Persistent state (Figure 2); written by the driver before any dependent message.
+        hard_state = hard_state or HardState()
+        self.current_term: Term = hard_state.current_term
+        self.voted_for: NodeId | None = hard_state.voted_for
+        self.log = RaftLog(entries)
+        # Volatile state.
+        self.role = Role.FOLLOWER
+        self.leader_id: NodeId | None = None
+        # Invariant: commit_index only grows, and never exceeds an index a quorum persisted.
+        self.commit_index: Index = 0
+        # Invariant: applied_index <= commit_index; entries up to it went to the applier.
+        self.applied_index: Index = 0
+        # Invariant: every entry up to persisted_index is durable in this node's storage.
+        self.persisted_index: Index = self.log.last_index
+        self._handed_hard_state = hard_state
+        self._messages: list[tuple[NodeId, Message]] = []
+        self._votes: dict[NodeId, bool] = {}
+        self._pre_campaign = False
+        self._progress: dict[NodeId, Progress] = {}
+        self._last_leader_contact: float | None = None
+        self._timer_reset = False
+
+    # ------------------------------------------------------------------ driver interface
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(current_term=self.current_term, voted_for=self.voted_for)
+
+    @property
+    def has_ready(self) -> bool:
+        return (
+            bool(self._messages)
+            or self.log.has_unstable
+            or self.hard_state != self._handed_hard_state
+        )
+
+    def take_ready(self) -> Ready:
+        """Hand the pending persistence work and messages to the driver."""
+        hard_state: HardState | None = self.hard_state
+        if hard_state == self._handed_hard_state:
+            hard_state = None
+        else:
+            self._handed_hard_state = self.hard_state
+        first_index: Index | None = None
+        entries: list[Entry] = []
+        if self.log.has_unstable:
+            first_index, entries = self.log.take_unstable()
+        messages, self._messages = self._messages, []
+        return Ready(
+            hard_state=hard_state,
+            first_index=first_index,
+            entries=tuple(entries),
+            messages=tuple(messages),
+        )
+
+    def on_persisted(self, index: Index, term: Term) -> None:
+        """The driver made entries up to ``index`` (whose term was ``term``) durable."""
+        if index > self.persisted_index and self.log.term_at(index) == term:
+            self.persisted_index = index
+            if self.role is Role.LEADER:
+                self._maybe_commit()
+
+    def take_committed(self, limit: int = 4096) -> list[Entry]:
+        """Committed entries not yet handed out, in order; each is handed out exactly once."""
+        high = min(self.commit_index, self.applied_index + limit)
+        if high <= self.applied_index:
+            return []
+        entries = self.log.slice(self.applied_index + 1, high + 1)
+        self.applied_index = high
+        return entries
+
+    def take_timer_reset(self) -> bool:
+        """Whether the election timer must restart (a leader was heard, or a vote granted)."""
+        reset, self._timer_reset = self._timer_reset, False
+        return reset
+
+    def progress(self, peer: NodeId) -> Progress | None:
+        """The leader's progress record for ``peer`` (None when not leader)."""
+        return self._progress.get(peer)
+
+    @property
+    def peers(self) -> list[NodeId]:
+        """The other voters, sorted."""
+        return sorted(self.voters - {self.id})
+
+    # ------------------------------------------------------------------ inputs
+
+    def handle_message(self, sender: NodeId, message: Message, now: float) -> None:
+        """Process one message from ``sender``."""
+        if isinstance(message, AppendEntries):
+            self.handle_append_entries(sender, message, now)
+        elif isinstance(message, AppendEntriesResponse):
+            self.handle_append_entries_response(sender, message, now)
+        elif isinstance(message, RequestVote):
+            self.handle_request_vote(sender, message, now)
+        elif isinstance(message, RequestVoteResponse):
+            self.handle_request_vote_response(sender, message)
+        elif isinstance(message, TimeoutNow):
+            self.handle_timeout_now(sender, message)
+
+    def election_timeout(self) -> None:
+        """The election timer expired: start a pre-vote, or an election (§5.2, §9.6)."""
+        if self.role is Role.LEADER or self.id not in self.voters:
+            return
+        self._last_leader_contact = None
+        self.leader_id = None
+        if self.settings.pre_vote:
+            self._start_pre_campaign()
+        else:
+            self._campaign(transfer=False)
+
+    def check_quorum(self, now: float) -> bool:
+        """Leader only: step down unless a majority was heard from within an election timeout.
+
+        Reference: dissertation §6.2 (a leader that cannot reach a majority steps down).
+        """
+        if self.role is not Role.LEADER:
+            return False
+        active = {self.id}
+        for peer, progress in self._progress.items():
+            contact = progress.last_contact
+            if contact is not None and now - contact < self.settings.election_timeout:
+                active.add(peer)
+        if len(active & self.voters) >= majority(len(self.voters)):
+            return True
+        self.become_follower(self.current_term, None)
+        return False
+
+    def propose(self, data: bytes, kind: EntryKind = EntryKind.COMMAND) -> Entry:
+        """Leader only: append a new entry of the current term to the log (§5.3)."""
+        if self.role is not Role.LEADER:
+            raise RuntimeError("propose() called on a node that is not the leader")
+        entry = Entry(term=self.current_term, index=self.log.last_index + 1, kind=kind, data=data)
+        self.log.append((entry,))
+        return entry
+
+    def replicate(self, peer: NodeId, *, heartbeat: bool = False) -> AppendEntries | None:
+        """Leader only: the next AppendEntries for ``peer``, or None if nothing is due.
+
+        ``heartbeat`` asks for a message even if nothing new is pending (§5.2). In PROBE one
+        message at a time is outstanding; in REPLICATE entries stream optimistically, at most
+        ``max_inflight_appends`` messages ahead of the follower's acknowledgements.
+        """
+        if self.role is not Role.LEADER:
+            return None
+        progress = self._progress.get(peer)
+        if progress is None:
+            return None
+        message = self._next_append(progress, heartbeat)
+        if message is not None:
+            progress.commit_sent = message.leader_commit
+        return message
+
+    def _next_append(self, progress: Progress, heartbeat: bool) -> AppendEntries | None:
+        prev_log_index = progress.next_index - 1
+        if self.log.term_at(prev_log_index) is None:
+            return None  # compacted away: the follower needs a snapshot instead
+        if progress.state is ReplicationState.PROBE:
+            if progress.probe_sent and not heartbeat:
+                return None
+            progress.probe_sent = True
+            return self._append_entries(prev_log_index, self._entries_from(progress.next_index))
+        if (
+            progress.next_index <= self.log.last_index
+            and len(progress.inflight) < self.settings.max_inflight_appends
+        ):
+            entries = self._entries_from(progress.next_index)
+            progress.next_index = entries[-1].index + 1
+            progress.inflight.append(entries[-1].index)
+            return self._append_entries(prev_log_index, entries)
+        if heartbeat or progress.commit_sent < self.commit_index:
+            return self._append_entries(prev_log_index, ())
+        return None
+
+    # ------------------------------------------------------------------ message handlers
+
+    def handle_request_vote(self, sender: NodeId, message: RequestVote, now: float) -> None:
+        """Grant or refuse a vote or pre-vote (§5.2, §5.4.1, §9.6; Figure 2 RequestVote RPC)."""
+        if message.term > self.current_term and not message.transfer and self._in_lease(now):
+            # Leader stickiness (§4.2.3): a live leader exists, so this candidate is disruptive.
+            return
+        if message.term > self.current_term and not message.pre_vote:
+            self.become_follower(message.term, None)
+        log_ok = self.log.is_up_to_date(message.last_log_index, message.last_log_term)
+        if message.pre_vote:
+            granted = message.term > self.current_term and log_ok
+            reply_term = message.term if granted else self.current_term
+        else:
+            granted = (
+                message.term == self.current_term
+                and self.voted_for in (None, message.candidate_id)
+                and log_ok
+            )
+            reply_term = self.current_term
+            if granted:
+                self.voted_for = message.candidate_id
+                self._timer_reset = True
+        self._send(
+            sender,
+            RequestVoteResponse(term=reply_term, vote_granted=granted, pre_vote=message.pre_vote),
+        )
+
+    def handle_request_vote_response(self, sender: NodeId, message: RequestVoteResponse) -> None:
+        """Count a vote or pre-vote; win with a majority of voters (§5.2)."""
+        if not message.vote_granted and message.term > self.current_term:
+            self.become_follower(message.term, None)
+            return
+        if message.pre_vote:
+            # A grant echoes the term we would campaign in; a refusal carries the voter's term.
+            expected_term = self.current_term + 1 if message.vote_granted else self.current_term
+            if not self._pre_campaign or message.term != expected_term:
+                return
+            self._votes[sender] = message.vote_granted
+            outcome = tally(self.voters, self._votes)
+            if outcome == VoteOutcome.WON:
+                self._campaign(transfer=False)
+            elif outcome == VoteOutcome.LOST:
+                self._pre_campaign = False
+            return
+        if message.term > self.current_term:
+            self.become_follower(message.term, None)
+            return
+        if self.role is not Role.CANDIDATE or message.term != self.current_term:
+            return
+        self._votes[sender] = message.vote_granted
+        outcome = tally(self.voters, self._votes)
+        if outcome == VoteOutcome.WON:
+            self.become_leader()
+        elif outcome == VoteOutcome.LOST:
+            self.become_follower(self.current_term, None)
+
+    def handle_append_entries(self, sender: NodeId, message: AppendEntries, now: float) -> None:
+        """Accept entries that match the log, refuse those that don't (§5.3, Figure 2)."""
+        if message.term < self.current_term:
+            # A stale leader: the reply's term makes it step down.
+            self._send(
+                sender,
+                AppendEntriesResponse(
+                    term=self.current_term, success=False, reject_index=message.prev_log_index
+                ),
+            )
+            return
+        if self.role is Role.LEADER and message.term == self.current_term:
+            raise SafetyViolation(
+                f"{self.id}: two leaders in term {self.current_term} ({message.leader_id})"
+            )
+        if message.term > self.current_term or self.role is not Role.FOLLOWER:
+            self.become_follower(message.term, message.leader_id)
+        self.leader_id = message.leader_id
+        self._pre_campaign = False
+        self._last_leader_contact = now
+        self._timer_reset = True
+
+        prev_log_index = message.prev_log_index
+        entries = message.entries
+        if prev_log_index < self.log.first_index - 1:
+            # The prefix up to our snapshot is committed, so it matches: skip it.
+            skip = self.log.first_index - 1 - prev_log_index
+            entries = entries[skip:]
+            prev_log_index = self.log.first_index - 1
+            prev_log_term = self.log.term_at(prev_log_index)
+        else:
+            prev_log_term = message.prev_log_term
+        local_term = self.log.term_at(prev_log_index)
+        if local_term is None:
+            self._reject(sender, message, conflict_index=self.log.last_index + 1, conflict_term=0)
+            return
+        if local_term != prev_log_term:
+            self._reject(
+                sender,
+                message,
+                conflict_index=self.log.first_index_of_term(prev_log_index),
+                conflict_term=local_term,
+            )
+            return
+
+        match_index = prev_log_index + len(entries)
+        self._merge_entries(entries)
+        if message.leader_commit > self.commit_index:
+            self.commit_index = max(self.commit_index, min(message.leader_commit, match_index))
+        self._send(
+            sender,
+            AppendEntriesResponse(term=self.current_term, success=True, match_index=match_index),
+        )
+
+    def handle_append_entries_response(
+        self, sender: NodeId, message: AppendEntriesResponse, now: float
+    ) -> None:
+        """Advance or rewind a follower's progress; commit what a majority holds (§5.3, §5.4.2)."""
+        if message.term > self.current_term:
+            self.become_follower(message.term, None)
+            return
+        if self.role is not Role.LEADER or message.term != self.current_term:
+            return
+        progress = self._progress.get(sender)
+        if progress is None:
+            return
+        progress.last_contact = now
+        if message.success:
+            advanced = progress.acknowledge(message.match_index)
+            if (
+                progress.state is ReplicationState.PROBE
+                and message.match_index >= progress.match_index
+            ):
+                progress.become_replicate()
+            if advanced:
+                self._maybe_commit()
+            return
+        if progress.state is ReplicationState.REPLICATE:
+            if message.reject_index <= progress.match_index:
+                return  # stale: that point is already known to match
+        elif message.reject_index != progress.next_index - 1:
+            return  # stale: not the answer to the probe outstanding
+        next_index = message.conflict_index
+        if message.conflict_term > 0:
+            last_of_term = self.log.last_index_of_term(message.conflict_term, message.reject_index)
+            if last_of_term is not None:
+                next_index = last_of_term + 1
+        progress.state = ReplicationState.PROBE
+        progress.inflight.clear()
+        progress.probe_sent = False
+        progress.next_index = max(min(next_index, message.reject_index), progress.match_index + 1)
+
+    def handle_timeout_now(self, sender: NodeId, message: TimeoutNow) -> None:
+        """The leader hands over leadership: campaign at once, past leader stickiness (§3.10)."""
+        if message.term != self.current_term or self.id not in self.voters:
+            return
+        if self.role is Role.LEADER:
+            return
+        self._campaign(transfer=True)
+
+    # ------------------------------------------------------------------ role transitions
+
+    def become_follower(self, term: Term, leader_id: NodeId | None) -> None:
+        """Step down (or stay follower), adopting ``term`` if it is newer (§5.1)."""
+        if term > self.current_term:
+            self.current_term = term
+            self.voted_for = None
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+        self._pre_campaign = False
+        self._votes = {}
+        self._progress = {}
+        self._timer_reset = True
+
+    def become_leader(self) -> None:
+        """Take office: reset every follower's progress and append a no-op (§5.4.2, §8)."""
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self._pre_campaign = False
+        self._votes = {}
+        self._progress = {peer: Progress(self.log.last_index + 1) for peer in self.peers}
+        self.propose(b"", EntryKind.NOOP)
+        self._maybe_commit()
+
+    # ------------------------------------------------------------------ internals
+
+    def _in_lease(self, now: float) -> bool:
+        if not self.settings.check_quorum:
+            return False
+        if self.role is Role.LEADER:
+            return True
+        return (
+            self.leader_id is not None
+            and self._last_leader_contact is not None
+            and now - self._last_leader_contact < self.settings.election_timeout
+        )
+
+    def _start_pre_campaign(self) -> None:
+        self.role = Role.FOLLOWER
+        self._pre_campaign = True
+        self._votes = {self.id: True}
+        if tally(self.voters, self._votes) == VoteOutcome.WON:
+            self._campaign(transfer=False)
+            return
+        self._request_votes(term=self.current_term + 1, pre_vote=True, transfer=False)
+
+    def _campaign(self, *, transfer: bool) -> None:
+        """Become a candidate in a new term and ask every voter for its vote (§5.2)."""
+        self.current_term += 1
+        self.voted_for = self.id
+        self.role = Role.CANDIDATE
+        self.leader_id = None
+        self._pre_campaign = False
+        self._votes = {self.id: True}
+        self._timer_reset = True
+        if tally(self.voters, self._votes) == VoteOutcome.WON:
+            self.become_leader()
+            return
+        self._request_votes(term=self.current_term, pre_vote=False, transfer=transfer)
+
+    def _request_votes(self, *, term: Term, pre_vote: bool, transfer: bool) -> None:
+        request = RequestVote(
+            term=term,
+            candidate_id=self.id,
+            last_log_index=self.log.last_index,
+            last_log_term=self.log.last_term,
+            pre_vote=pre_vote,
+            transfer=transfer,
+        )
+        for peer in self.peers:
+            self._send(peer, request)
+
+    def _reject(
+        self, sender: NodeId, message: AppendEntries, *, conflict_index: Index, conflict_term: Term
+    ) -> None:
+        self._send(
+            sender,
+            AppendEntriesResponse(
+                term=self.current_term,
+                success=False,
+                reject_index=message.prev_log_index,
+                conflict_index=conflict_index,
+                conflict_term=conflict_term,
+            ),
+        )
+
+    def _merge_entries(self, entries: Sequence[Entry]) -> None:
+        """Append what is new; truncate only at a real conflict (Figure 2, receiver step 3-4)."""
+        if not entries:
+            return
+        if entries[0].index == self.log.last_index + 1:
+            self.log.append(entries)
+            return
+        for position, entry in enumerate(entries):
+            local_term = self.log.term_at(entry.index)
+            if local_term == entry.term:
+                continue
+            if local_term is not None:
+                if entry.index <= self.commit_index:
+                    raise SafetyViolation(
+                        f"{self.id}: would overwrite committed entry {entry.index}"
+                    )
+                self.log.truncate_from(entry.index)
+                self.persisted_index = min(self.persisted_index, entry.index - 1)
+            self.log.append(entries[position:])
+            return
+
+    def _maybe_commit(self) -> None:
+        """Commit the highest index a majority holds, if it is of this term (§5.4.2)."""
+        matches = {peer: progress.match_index for peer, progress in self._progress.items()}
+        matches[self.id] = min(self.persisted_index, self.log.last_index)
+        index = committed_index(self.voters, matches)
+        if index > self.commit_index and self.log.term_at(index) == self.current_term:
+            self.commit_index = index
+
+    def _entries_from(self, next_index: Index) -> list[Entry]:
+        return self.log.slice(
+            next_index,
+            next_index + self.settings.max_entries_per_append,
+            max_bytes=self.settings.max_bytes_per_append,
+        )
+
+    def _append_entries(self, prev_log_index: Index, entries: Sequence[Entry]) -> AppendEntries:
+        return AppendEntries(
+            term=self.current_term,
+            leader_id=self.id,
+            prev_log_index=prev_log_index,
+            prev_log_term=self.log.term_at(prev_log_index) or 0,
+            entries=tuple(entries),
+            leader_commit=self.commit_index,
+        )
+
+    def _send(self, to: NodeId, message: Message) -> None:
+        self._messages.append((to, message))
