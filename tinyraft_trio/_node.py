@@ -1,0 +1,429 @@
+"""RaftNode: drives a RaftCore with Trio tasks, a transport, storage and a state machine.
+
+Task shape (one nursery per node):
+
+    node nursery
+    ├── transport.serve        listener, one task per connection, one sender per peer
+    ├── election timer         a CancelScope whose deadline every heartbeat pushes back
+    ├── ready loop             persist, then send (etcd's Ready order)
+    ├── applier                applies committed entries, answers waiting callers
+    └── leader scope           only while leader; cancelled to step down
+        ├── replicator per peer  AppendEntries (a heartbeat is one with no entries)
+        └── check-quorum watch
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Protocol
+
+import trio
+
+from ._config import RaftConfig
+from ._core._messages import Message
+from ._core._state import CoreSettings, RaftCore
+from ._core._types import Entry, EntryKind, Index, NodeId, Role, Term
+from ._exceptions import LeadershipLostError, NodeClosedError, NotLeaderError
+from ._state_machine import StateMachine
+from ._status import MemberStatus, NodeStatus
+from ._storage import Storage
+from ._transport import Transport
+
+logger = logging.getLogger("tinyraft_trio.node")
+
+_APPLY_BATCH = 1024
+
+
+class NodeObserver(Protocol):
+    """Hooks for test harnesses that check invariants as a node runs (tinyraft_trio.testing)."""
+
+    def became_leader(self, node: RaftNode, term: Term) -> None: ...
+
+    def applied_entry(self, node: RaftNode, entry: Entry) -> None: ...
+
+    def state_changed(self, node: RaftNode) -> None:
+        """Role, term, leader or applied index changed."""
+
+
+class _Signal:
+    """Wakes one waiting task; setting it while nobody waits is remembered until the next wait."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+class _Waiter:
+    """A caller of ``apply`` waiting for its entry to be applied."""
+
+    __slots__ = ("done", "error", "result", "term")
+
+    def __init__(self, term: Term) -> None:
+        self.term = term
+        self.done = trio.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class RaftNode:
+    """One running Raft node. Obtain it from ``open_raft_node``; do not construct it directly."""
+
+    def __init__(
+        self,
+        config: RaftConfig,
+        state_machine: StateMachine,
+        *,
+        storage: Storage,
+        transport: Transport,
+        observer: NodeObserver | None = None,
+    ) -> None:
+        self.config = config
+        self._state_machine = state_machine
+        self._storage = storage
+        self._transport = transport
+        self._observer = observer
+        self._random = random.Random(config.seed)
+        self._members: dict[NodeId, str] = dict(config.peers) or {
+            config.node_id: config.advertise_address
+        }
+        self._core: RaftCore | None = None
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._last_applied: Index = 0
+        self._waiters: dict[Index, _Waiter] = {}
+        self._ready_signal = _Signal()
+        self._apply_signal = _Signal()
+        self._replicator_signals: dict[NodeId, _Signal] = {}
+        self._leader_scope: trio.CancelScope | None = None
+        self._timer_scope: trio.CancelScope | None = None
+        self._election_deadline = math.inf
+        self._seen_role = Role.FOLLOWER
+        self._seen_term: Term = 0
+        self._seen_leader: NodeId | None = None
+        self._seen_commit: Index = 0
+        self._state_changed = trio.Event()
+        self._applied_changed = trio.Event()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def id(self) -> NodeId:
+        return self.config.node_id
+
+    async def apply(self, command: bytes) -> object:
+        """Replicate ``command`` and return what the state machine's ``apply`` returned.
+
+        Returns once the command is committed and applied on this node, the leader. If the
+        state machine raised, that exception is raised here.
+
+        Raises:
+            NotLeaderError: this node is not the leader (the command was not appended).
+            LeadershipLostError: leadership was lost before the command committed; it may
+                or may not be applied later (outcome unknown).
+            NodeClosedError: the node is shutting down.
+
+        Cancellation: the command may still commit and be applied; its result is discarded.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not isinstance(command, bytes | bytearray | memoryview):
+            raise TypeError(f"command must be bytes, not {type(command).__name__}")
+        limit = self.config.max_frame_bytes - 4096
+        if len(command) > limit:
+            raise ValueError(f"command of {len(command)} bytes exceeds the limit of {limit}")
+        core = self._running_core()
+        if core.role is not Role.LEADER:
+            raise NotLeaderError(core.leader_id, self._address_of(core.leader_id))
+        entry = core.propose(bytes(command))
+        waiter = _Waiter(entry.term)
+        self._waiters[entry.index] = waiter
+        self._after_core()
+        try:
+            await waiter.done.wait()
+        finally:
+            if self._waiters.get(entry.index) is waiter:
+                del self._waiters[entry.index]
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def wait_for_leader(self) -> NodeId:
+        """Wait until this node knows a leader, and return its id.
+
+        Cancellation: nothing changes; the wait just ends.
+        """
+        await trio.lowlevel.checkpoint()
+        while True:
+            core = self._running_core()
+            if core.leader_id is not None:
+                return core.leader_id
+            await self._state_changed.wait()
+
+    async def wait_applied(self, index: Index) -> None:
+        """Wait until this node's state machine has applied every entry up to ``index``.
+
+        Cancellation: nothing changes; the wait just ends.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._last_applied < index:
+            self._running_core()
+            await self._applied_changed.wait()
+
+    def status(self) -> NodeStatus:
+        """A snapshot of this node's Raft state."""
+        core = self._running_core()
+        return NodeStatus(
+            id=self.id,
+            role=core.role,
+            term=core.current_term,
+            leader_id=core.leader_id,
+            commit_index=core.commit_index,
+            last_applied=self._last_applied,
+            last_log_index=core.log.last_index,
+            members=tuple(
+                MemberStatus(id=member, address=address, voter=member in core.voters)
+                for member, address in sorted(self._members.items())
+            ),
+            rejected_connections=self._transport.statistics().connections_rejected,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until cancelled. ``task_status.started()`` once it serves peers."""
+        state = await self._storage.load()
+        self._core = RaftCore(
+            node_id=self.id,
+            voters=self._members,
+            settings=CoreSettings(
+                election_timeout=self.config.election_timeout,
+                max_entries_per_append=self.config.max_entries_per_append,
+                max_bytes_per_append=self.config.max_bytes_per_append,
+                max_inflight_appends=self.config.max_inflight_appends,
+            ),
+            hard_state=state.hard_state,
+            entries=state.entries,
+        )
+        self._seen_term = self._core.current_term
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._transport.serve, self.id, self._deliver, self._address_of)
+                nursery.start_soon(self._run_election_timer)
+                nursery.start_soon(self._run_ready_loop)
+                nursery.start_soon(self._run_applier)
+                self._reset_election_timer()
+                task_status.started()
+        finally:
+            self._closed = True
+            self._nursery = None
+            error = NodeClosedError("the node shut down")
+            for waiter in self._waiters.values():
+                waiter.resolve(error=error)
+            self._waiters.clear()
+            self._applied_changed.set()
+            self._notify_state_changed()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _run_election_timer(self) -> None:
+        """Start an election whenever the deadline passes without being pushed back (§5.2)."""
+        core = self._running_core()
+        while True:
+            with trio.CancelScope(deadline=self._election_deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self._election_deadline = trio.current_time() + self._random_election_timeout()
+            core.election_timeout()
+            self._after_core()
+
+    async def _run_ready_loop(self) -> None:
+        """Persist what the core changed, and only then send the messages depending on it."""
+        core = self._running_core()
+        while True:
+            await self._ready_signal.wait()
+            while core.has_ready:
+                ready = core.take_ready()
+                if ready.hard_state is not None or ready.first_index is not None:
+                    await self._storage.persist(
+                        hard_state=ready.hard_state,
+                        first_index=ready.first_index,
+                        entries=ready.entries,
+                    )
+                    if ready.entries:
+                        last = ready.entries[-1]
+                        core.on_persisted(last.index, last.term)
+                        self._after_core()
+                for to, message in ready.messages:
+                    self._transport.send_nowait(to, message)
+
+    async def _run_applier(self) -> None:
+        """Apply committed entries in log order, each exactly once, and answer their callers."""
+        core = self._running_core()
+        while True:
+            await self._apply_signal.wait()
+            while entries := core.take_committed(_APPLY_BATCH):
+                for entry in entries:
+                    self._apply_entry(entry)
+                self._applied_changed.set()
+                self._applied_changed = trio.Event()
+                if self._observer is not None:
+                    self._observer.state_changed(self)
+                await trio.lowlevel.checkpoint()
+
+    def _apply_entry(self, entry: Entry) -> None:
+        result: object = None
+        error: BaseException | None = None
+        if entry.kind is EntryKind.COMMAND:
+            try:
+                result = self._state_machine.apply(entry.data)
+            except Exception as exc:
+                error = exc
+        self._last_applied = entry.index
+        waiter = self._waiters.pop(entry.index, None)
+        if waiter is not None:
+            if waiter.term == entry.term:
+                waiter.resolve(result, error)
+            else:
+                waiter.resolve(error=LeadershipLostError("the entry was replaced by another"))
+        if self._observer is not None:
+            self._observer.applied_entry(self, entry)
+
+    async def _lead(self, scope: trio.CancelScope, term: Term) -> None:
+        """Do a leader's work for ``term`` until ``scope`` is cancelled (step-down)."""
+        core = self._running_core()
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for peer in core.peers:
+                    nursery.start_soon(self._replicate_to, peer)
+                nursery.start_soon(self._watch_quorum)
+
+    async def _replicate_to(self, peer: NodeId) -> None:
+        """Keep one follower's log in step: pipelined AppendEntries, heartbeats when idle."""
+        core = self._running_core()
+        signal = self._replicator_signals[peer] = _Signal()
+        interval = self.config.heartbeat_interval
+        last_sent = -math.inf
+        try:
+            while True:
+                now = trio.current_time()
+                message = core.replicate(peer, heartbeat=now >= last_sent + interval)
+                if message is not None:
+                    self._transport.send_nowait(peer, message)
+                    last_sent = now
+                    continue
+                with trio.move_on_at(last_sent + interval):
+                    await signal.wait()
+        finally:
+            if self._replicator_signals.get(peer) is signal:
+                del self._replicator_signals[peer]
+
+    async def _watch_quorum(self) -> None:
+        """Step down if a majority stays silent for an election timeout (check-quorum)."""
+        core = self._running_core()
+        while True:
+            await trio.sleep(self.config.election_timeout)
+            if not core.check_quorum(trio.current_time()):
+                logger.warning("%s: lost contact with a majority; stepping down", self.id)
+                self._after_core()
+
+    # ------------------------------------------------------------------ reacting to the core
+
+    def _deliver(self, sender: NodeId, message: Message) -> None:
+        core = self._core
+        if core is None or self._closed:
+            return
+        core.handle_message(sender, message, trio.current_time())
+        self._after_core()
+
+    def _after_core(self) -> None:
+        """Turn the core's new state into Trio actions; call after every core input."""
+        core = self._running_core()
+        if core.role is not self._seen_role or core.current_term != self._seen_term:
+            self._on_role_change(core.role, core.current_term)
+        if core.take_timer_reset():
+            self._reset_election_timer()
+        if core.leader_id != self._seen_leader:
+            self._seen_leader = core.leader_id
+            self._notify_state_changed()
+        if core.has_ready:
+            self._ready_signal.set()
+        if core.commit_index != self._seen_commit:
+            self._seen_commit = core.commit_index
+            self._apply_signal.set()
+        for signal in self._replicator_signals.values():
+            signal.set()
+
+    def _on_role_change(self, role: Role, term: Term) -> None:
+        was_leader = self._seen_role is Role.LEADER
+        self._seen_role, self._seen_term = role, term
+        if was_leader:
+            self._step_down()
+        if role is Role.LEADER:
+            logger.info("%s: became leader in term %d", self.id, term)
+            scope = self._leader_scope = trio.CancelScope()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._lead, scope, term)
+            if self._observer is not None:
+                self._observer.became_leader(self, term)
+        self._reset_election_timer()
+        self._notify_state_changed()
+
+    def _step_down(self) -> None:
+        """Stop all leader work and fail the callers whose entries may never commit."""
+        if self._leader_scope is not None:
+            self._leader_scope.cancel()
+            self._leader_scope = None
+        commit_index = self._running_core().commit_index
+        lost = [index for index in self._waiters if index > commit_index]
+        for index in lost:
+            self._waiters.pop(index).resolve(
+                error=LeadershipLostError(
+                    "leadership was lost before the command committed; outcome unknown"
+                )
+            )
+
+    def _reset_election_timer(self) -> None:
+        core = self._running_core()
+        if core.role is Role.LEADER:
+            deadline = math.inf
+        else:
+            deadline = trio.current_time() + self._random_election_timeout()
+        self._election_deadline = deadline
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = deadline
+
+    def _random_election_timeout(self) -> float:
+        timeout = self.config.election_timeout
+        return timeout + self._random.random() * timeout
+
+    def _notify_state_changed(self) -> None:
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+        if self._observer is not None:
+            self._observer.state_changed(self)
+
+    def _address_of(self, node_id: NodeId | None) -> str | None:
+        if node_id is None:
+            return None
+        return self._members.get(node_id)
+
+    def _running_core(self) -> RaftCore:
+        if self._core is None or self._closed:
+            raise NodeClosedError("the node is not running")
+        return self._core

@@ -1,0 +1,53 @@
+"""open_raft_node: run a Raft node inside the caller's Trio program."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from ._config import RaftConfig
+from ._node import RaftNode
+from ._state_machine import StateMachine
+from ._storage import MemoryStorage, Storage
+from ._transport import TcpTransport, Transport
+
+
+@asynccontextmanager
+async def open_raft_node(
+    config: RaftConfig,
+    state_machine: StateMachine,
+    *,
+    storage: Storage | None = None,
+    transport: Transport | None = None,
+) -> AsyncIterator[RaftNode]:
+    """Start a Raft node, yield it while it runs, and shut it down on exit.
+
+    The node's tasks (listener, election timer, replicators, applier) run in a nursery
+    owned by this context manager; leaving the block cancels them all and closes every
+    connection. Callers still waiting in ``node.apply()`` then get ``NodeClosedError``.
+
+    Args:
+        config: the node's configuration.
+        state_machine: the user's deterministic state machine.
+        storage: where the node persists its state; in memory by default.
+        transport: how it reaches peers; msgpack over TCP on ``config.listen`` by default.
+    """
+    if storage is None:
+        storage = MemoryStorage()
+    if transport is None:
+        transport = TcpTransport(
+            listen=config.listen,
+            cluster_id=config.cluster_id,
+            max_frame_bytes=config.max_frame_bytes,
+            rng=random.Random(config.seed),
+        )
+    node = RaftNode(config, state_machine, storage=storage, transport=transport)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()

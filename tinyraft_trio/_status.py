@@ -1,0 +1,32 @@
+"""Frozen snapshots of a node's state, for ``RaftNode.status()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._core._types import Index, NodeId, Role, Term
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MemberStatus:
+    """One member of the cluster, as this node sees it."""
+
+    id: NodeId
+    address: str | None
+    voter: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeStatus:
+    """A snapshot of one node's Raft state."""
+
+    id: NodeId
+    role: Role
+    term: Term
+    leader_id: NodeId | None
+    commit_index: Index
+    last_applied: Index
+    last_log_index: Index
+    members: tuple[MemberStatus, ...]
+    rejected_connections: int = 0
+    """Inbound connections closed because they sent bad input (see the transport's log)."""
