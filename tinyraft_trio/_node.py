@@ -104,6 +104,7 @@ class RaftNode:
         self._core: RaftCore | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._ignored_messages = 0
         self._last_applied: Index = 0
         self._waiters: dict[Index, _Waiter] = {}
         self._ready_signal = _Signal()
@@ -199,6 +200,7 @@ class RaftNode:
                 for member, address in sorted(self._members.items())
             ),
             rejected_connections=self._transport.statistics().connections_rejected,
+            ignored_messages=self._ignored_messages,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -347,6 +349,23 @@ class RaftNode:
     def _deliver(self, sender: NodeId, message: Message) -> None:
         core = self._core
         if core is None or self._closed:
+            return
+        if sender not in self._members or sender == self.id:
+            self._ignored_messages += 1
+            logger.warning(
+                "%s: ignored %s from non-member %r", self.id, type(message).__name__, sender
+            )
+            return
+        claimed = getattr(message, "leader_id", None) or getattr(message, "candidate_id", sender)
+        if claimed != sender:
+            self._ignored_messages += 1
+            logger.warning(
+                "%s: ignored %s from %r claiming to be %r",
+                self.id,
+                type(message).__name__,
+                sender,
+                claimed,
+            )
             return
         core.handle_message(sender, message, trio.current_time())
         self._after_core()

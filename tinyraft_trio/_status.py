@@ -30,3 +30,5 @@ class NodeStatus:
     members: tuple[MemberStatus, ...]
     rejected_connections: int = 0
     """Inbound connections closed because they sent bad input (see the transport's log)."""
+    ignored_messages: int = 0
+    """Well-formed messages dropped because they came from a node that is not a member."""
