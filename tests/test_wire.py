@@ -36,7 +36,7 @@ MIB = 1024 * 1024
 
 def frame(value: Any) -> bytes:
     """A frame around an arbitrary msgpack value, for building malformed input."""
-    body = msgpack.packb(value, use_bin_type=True)
+    body: bytes = msgpack.packb(value, use_bin_type=True)
     return struct.pack(">I", len(body)) + body
 
 
@@ -537,3 +537,10 @@ def test_body_mutations_with_consistent_length_decode_or_raise(
     assume(position < len(body))
     body[position] = value
     check_decodes_or_refuses(raw_frame(bytes(body)))
+
+
+def test_errors_about_huge_values_stay_short() -> None:
+    assert "str of length 100" in decode_error(frame([5, "x" * 100, "a"]))
+    assert "bytes of length 1000000" in decode_error(frame([5, b"x" * 1_000_000, "a"]))
+    assert "an array of 7 items" in decode_error(frame([5, [b"x" * 1000] * 7, "a"]))
+    assert "got [[an array of 1 items]]" in decode_error(frame([5, [[[[1]]]], "a"]))

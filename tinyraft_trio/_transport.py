@@ -8,14 +8,26 @@ default; ``tinyraft_trio.testing.MemoryNetwork`` provides one in memory for simu
 
 from __future__ import annotations
 
+import logging
+import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
+from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
+from ._wire import (
+    MAX_ID_CHARS,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Handshake,
+    ProtocolError,
+    encode_frame,
+)
 
 MessageHandler = Callable[[NodeId, Message], None]
 """Called once for each message that arrives, with the sender's id. Must not block."""
@@ -65,3 +77,504 @@ class Transport(Protocol):
     def statistics(self) -> TransportStatistics:
         """Return the transport's counters."""
         ...
+
+
+# -- TCP ---------------------------------------------------------------------------------------
+
+logger = logging.getLogger("tinyraft_trio.transport")
+
+_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+"""What a healthy transport expects from the network now and then; handled where met."""
+
+_RECEIVE_BYTES = 64 * 1024
+_MAX_WRITE_BYTES = 4 * 1024 * 1024
+"""A sender joins queued frames into one write until it holds at least this many bytes."""
+_BACKOFF_MIN = 0.02
+_BACKOFF_MAX = 1.0
+
+
+class _ConnectionFailed(Exception):
+    """An outbound connection could not be opened or was refused during its handshake.
+
+    ``refused`` marks a peer that answered but is not what we expect (another cluster, node
+    or protocol version): a configuration problem worth a WARNING, where an unreachable
+    peer (down, restarting) is routine in a cluster and logged at INFO.
+    """
+
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+def _format_address(sockaddr: Any) -> str:
+    """``"host:port"`` (``"[v6]:port"``) from a socket address tuple."""
+    try:
+        host, port = sockaddr[0], sockaddr[1]
+    except (TypeError, IndexError):
+        return str(sockaddr)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _remote_address(stream: trio.SocketStream) -> str:
+    try:
+        return _format_address(stream.socket.getpeername())
+    except OSError:
+        return "an unknown address"
+
+
+class _Peer:
+    """Outbound state for one peer: its queue and how its sender wakes up."""
+
+    __slots__ = ("last_failure", "queue", "wakeup")
+
+    def __init__(self, max_queued_messages: int) -> None:
+        self.queue: deque[Message] = deque(maxlen=max_queued_messages)
+        """Invariant: messages waiting for the sender, oldest first; at most maxlen."""
+        self.wakeup = trio.Event()
+        """Set whenever a message is queued; the sender replaces it before waiting."""
+        self.last_failure: str | None = None
+        """Why the last connection attempt failed; None once a handshake succeeds. Repeated
+        failures with the same reason are logged at DEBUG only, so a dead peer does not
+        flood the log."""
+
+    async def wait_for_messages(self) -> None:
+        while not self.queue:
+            self.wakeup = trio.Event()
+            await self.wakeup.wait()
+
+
+class TcpTransport:
+    """The default transport: msgpack frames (see ``_wire``) over TCP, one stream per direction.
+
+    Each node listens for its peers; each inbound connection carries messages from that peer
+    only. To send, the node keeps one outbound connection per peer, written by one sender
+    task that batches everything queued into a single write. Both sides open with a
+    handshake naming protocol version, cluster id and node id, so a node never accepts
+    messages from another cluster or delivers to the wrong node.
+
+    Delivery is best effort, as Raft expects: ``send_nowait`` never blocks; a slow or dead
+    peer only fills its own bounded queue, whose oldest messages are dropped first (newer
+    Raft messages supersede older ones). Lost connections are reopened with capped, jittered
+    exponential backoff. Bad input from the network closes that one connection and logs one
+    WARNING line on the ``tinyraft_trio.transport`` logger; it never disturbs other
+    connections or the node.
+
+    Args:
+        listen: ``"host:port"`` to listen on; port 0 picks a free port (see
+            ``listen_address``).
+        cluster_id: the cluster's name; peers announcing another are refused.
+        max_frame_bytes: largest frame accepted from the network (and sent: a message
+            that encodes larger is dropped, since the peer would refuse it).
+        rng: randomness for backoff jitter; seed it to replay a run. Defaults to a
+            ``random.Random`` seeded by the OS.
+        max_queued_messages: most messages waiting for one peer.
+        handshake_timeout: seconds a connection may take to connect and handshake.
+
+    Raises:
+        ValueError: an argument is invalid; the message names it.
+    """
+
+    def __init__(
+        self,
+        *,
+        listen: str,
+        cluster_id: str,
+        max_frame_bytes: int = 16 * 1024 * 1024,
+        rng: random.Random | None = None,
+        max_queued_messages: int = 10_000,
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        self._host, self._port = parse_address(listen, field_name="listen")
+        if not isinstance(cluster_id, str) or not 0 < len(cluster_id) <= MAX_ID_CHARS:
+            raise ValueError(
+                f"cluster_id: must be a non-empty string of at most {MAX_ID_CHARS} characters"
+            )
+        if (
+            isinstance(max_frame_bytes, bool)
+            or not isinstance(max_frame_bytes, int)
+            or not 1024 <= max_frame_bytes <= 2**32 - 1
+        ):
+            raise ValueError(
+                f"max_frame_bytes: must be an integer in 1024..{2**32 - 1}, got {max_frame_bytes!r}"
+            )
+        if (
+            isinstance(max_queued_messages, bool)
+            or not isinstance(max_queued_messages, int)
+            or max_queued_messages < 1
+        ):
+            raise ValueError(
+                f"max_queued_messages: must be an integer >= 1, got {max_queued_messages!r}"
+            )
+        if (
+            isinstance(handshake_timeout, bool)
+            or not isinstance(handshake_timeout, int | float)
+            or not handshake_timeout > 0
+        ):
+            raise ValueError(f"handshake_timeout: must be a number > 0, got {handshake_timeout!r}")
+        self._listen = listen
+        self._cluster_id = cluster_id
+        self._max_frame_bytes = max_frame_bytes
+        self._rng = rng if rng is not None else random.Random()
+        self._max_queued_messages = max_queued_messages
+        self._handshake_timeout = float(handshake_timeout)
+
+        self._serving = False
+        """Invariant: True from the moment serve() is called until it exits."""
+        # Invariant: the fields below are set exactly while serve() runs (after it bound).
+        self._nursery: trio.Nursery | None = None
+        self._node_id: NodeId = ""
+        self._handshake_frame = b""
+        self._deliver: MessageHandler | None = None
+        self._address_of: AddressBook | None = None
+        self._bound_address: str | None = None
+        self._peers: dict[NodeId, _Peer] = {}
+        """Invariant: each peer here has exactly one sender task in ``_nursery``."""
+
+        self._messages_sent = 0
+        self._messages_received = 0
+        self._messages_dropped = 0
+        self._connections_rejected = 0
+
+    @property
+    def listen_address(self) -> str:
+        """The ``"host:port"`` peers can connect to.
+
+        While ``serve`` runs this is the address actually bound (so a ``listen`` port of 0
+        shows the port the OS chose; with several listeners, the first one's); otherwise the
+        configured ``listen``.
+        """
+        return self._bound_address if self._bound_address is not None else self._listen
+
+    def statistics(self) -> TransportStatistics:
+        """Return a snapshot of the transport's counters (they span every run of serve)."""
+        return TransportStatistics(
+            messages_sent=self._messages_sent,
+            messages_received=self._messages_received,
+            messages_dropped=self._messages_dropped,
+            connections_rejected=self._connections_rejected,
+        )
+
+    async def serve(
+        self,
+        node_id: NodeId,
+        deliver: MessageHandler,
+        address_of: AddressBook,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen for peers, deliver what they send, and run the outbound connections.
+
+        Binds the listener, then calls ``task_status.started()``: from then on peers can
+        connect and ``send_nowait`` works. ``deliver`` is called from the connection tasks,
+        once per message in the order each peer sent them. ``address_of`` is asked for a
+        peer's address each time a connection to it is opened.
+
+        Never returns. When cancelled, every listener, connection and task it opened is
+        closed before it exits; messages still queued are counted as dropped. An exception
+        raised by ``deliver`` is a bug in the caller and propagates out of ``serve``.
+
+        Raises:
+            RuntimeError: ``serve`` is already running on this transport.
+            OSError: the listen address cannot be bound.
+        """
+        if self._serving:
+            raise RuntimeError("this TcpTransport is already serving")
+        self._serving = True
+        listeners: list[trio.SocketListener] = []
+        try:
+            # Bound outside the nursery so a bind failure raises a plain OSError.
+            listeners = await trio.open_tcp_listeners(self._port, host=self._host)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
+                self._bound_address = _format_address(listeners[0].socket.getsockname())
+                self._node_id = node_id
+                self._handshake_frame = encode_frame(
+                    Handshake(
+                        protocol_version=PROTOCOL_VERSION,
+                        cluster_id=self._cluster_id,
+                        node_id=node_id,
+                    )
+                )
+                self._deliver = deliver
+                self._address_of = address_of
+                self._nursery = nursery
+                logger.debug("%s: listening on %s", node_id, self._bound_address)
+                task_status.started()
+        finally:
+            # serve_listeners closes its listeners when it exits; this covers a cancellation
+            # before it took them over. Closing a socket twice is harmless.
+            for listener in listeners:
+                listener.socket.close()
+            self._serving = False
+            self._nursery = None
+            self._deliver = None
+            self._address_of = None
+            self._bound_address = None
+            for peer in self._peers.values():
+                self._messages_dropped += len(peer.queue)
+            self._peers = {}
+
+    def send_nowait(self, to: NodeId, message: Message) -> None:
+        """Queue ``message`` for peer ``to`` and return at once; never blocks.
+
+        The message is dropped (and counted) if ``serve`` is not running, if ``to`` has no
+        address, or, when ``to``'s queue is full, the oldest queued message makes room.
+        Peer ``to``'s sender task starts with the first message to it.
+        """
+        address_of = self._address_of
+        nursery = self._nursery
+        if nursery is None or address_of is None or address_of(to) is None:
+            self._messages_dropped += 1
+            return
+        peer = self._peers.get(to)
+        if peer is None:
+            peer = self._peers[to] = _Peer(self._max_queued_messages)
+            nursery.start_soon(self._run_sender, to, peer, name=f"tinyraft sender to {to}")
+        if len(peer.queue) == self._max_queued_messages:
+            self._messages_dropped += 1
+        peer.queue.append(message)
+        peer.wakeup.set()
+
+    # -- inbound --------------------------------------------------------------------------
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        """Serve one inbound connection: handshake, then deliver each message it carries."""
+        remote = _remote_address(stream)
+        decoder = FrameDecoder(self._max_frame_bytes)
+        deliver = self._deliver
+        assert deliver is not None  # connections are only accepted while serving
+        async with stream:
+            try:
+                with trio.move_on_after(self._handshake_timeout) as scope:
+                    received = await self._receive_handshake(stream, decoder)
+                if scope.cancelled_caught:
+                    raise ProtocolError(f"no handshake within {self._handshake_timeout:g} s")
+                if received is None:
+                    logger.debug("connection from %s closed before its handshake", remote)
+                    return
+                handshake, messages = received
+                if handshake.protocol_version != PROTOCOL_VERSION:
+                    raise ProtocolError(
+                        f"protocol version {handshake.protocol_version} is not supported "
+                        f"(this node speaks {PROTOCOL_VERSION})"
+                    )
+                if handshake.cluster_id != self._cluster_id:
+                    raise ProtocolError(
+                        f"node {handshake.node_id!r} belongs to cluster "
+                        f"{handshake.cluster_id!r}, not {self._cluster_id!r}"
+                    )
+                await stream.send_all(self._handshake_frame)
+                peer_id = handshake.node_id
+                logger.debug("accepted connection from %r at %s", peer_id, remote)
+                while True:
+                    for message in messages:
+                        if isinstance(message, Handshake):
+                            raise ProtocolError("a second Handshake after the first")
+                        self._messages_received += 1
+                        deliver(peer_id, message)
+                    data = await stream.receive_some(_RECEIVE_BYTES)
+                    if not data:
+                        logger.debug("%r at %s closed its connection", peer_id, remote)
+                        return
+                    messages = decoder.feed(data)
+            except ProtocolError as exc:
+                self._connections_rejected += 1
+                logger.warning("rejected connection from %s: %s", remote, exc)
+            except _NETWORK_ERRORS as exc:
+                logger.debug("connection from %s failed: %r", remote, exc)
+
+    async def _receive_handshake(
+        self, stream: trio.SocketStream, decoder: FrameDecoder
+    ) -> tuple[Handshake, list[Message | Handshake]] | None:
+        """Read until the first frame is complete; return it and any frames after it.
+
+        Returns None if the peer closes the connection first.
+
+        Raises:
+            ProtocolError: the first frame is invalid or not a Handshake.
+        """
+        while True:
+            data = await stream.receive_some(_RECEIVE_BYTES)
+            if not data:
+                return None
+            messages = decoder.feed(data)
+            if messages:
+                first = messages[0]
+                if not isinstance(first, Handshake):
+                    raise ProtocolError(f"expected a Handshake first, got {type(first).__name__}")
+                return first, messages[1:]
+
+    # -- outbound -------------------------------------------------------------------------
+
+    async def _run_sender(self, to: NodeId, peer: _Peer) -> None:
+        """Own the connection to ``to``: (re)connect while messages wait, and write them.
+
+        Runs until ``serve`` is cancelled. A connection that fails is closed, what was being
+        written is dropped, and a new one is tried after a backoff; messages queued meanwhile
+        stay queued (newest kept).
+        """
+        delay = _BACKOFF_MIN
+        while True:
+            await peer.wait_for_messages()
+            assert self._address_of is not None  # senders only run while serving
+            address = self._address_of(to)
+            if address is None:
+                self._messages_dropped += len(peer.queue)
+                peer.queue.clear()
+                continue
+            try:
+                stream = await self._open_connection(to, address)
+            except _ConnectionFailed as exc:
+                self._note_failure(peer, to, address, exc)
+            else:
+                if peer.last_failure is not None:
+                    logger.info("connected to %r at %s", to, address)
+                peer.last_failure = None
+                delay = _BACKOFF_MIN
+                async with stream:
+                    await self._write_queued(to, peer, stream, address)
+            # Jitter (from the injected rng) keeps nodes that lost a peer together from
+            # reconnecting in lockstep.
+            await trio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _note_failure(
+        self, peer: _Peer, to: NodeId, address: str, failure: _ConnectionFailed
+    ) -> None:
+        reason = str(failure)
+        if reason == peer.last_failure:
+            level = logging.DEBUG
+        else:
+            level = logging.WARNING if failure.refused else logging.INFO
+        logger.log(level, "cannot connect to %r at %s: %s", to, address, reason)
+        peer.last_failure = reason
+
+    async def _open_connection(self, to: NodeId, address: str) -> trio.SocketStream:
+        """Connect to ``to`` and exchange handshakes; return the ready stream.
+
+        Raises:
+            _ConnectionFailed: the peer is unreachable, too slow, or not the peer expected.
+        """
+        try:
+            host, port = parse_address(address, field_name=f"address of {to!r}")
+        except ValueError as exc:
+            raise _ConnectionFailed(str(exc)) from None
+        with trio.move_on_after(self._handshake_timeout):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise _ConnectionFailed(str(exc) or repr(exc)) from None
+            try:
+                await stream.send_all(self._handshake_frame)
+                received = await self._receive_handshake(
+                    stream, FrameDecoder(self._max_frame_bytes)
+                )
+                if received is None:
+                    raise _ConnectionFailed(
+                        "the peer closed the connection during the handshake "
+                        "(another cluster or protocol version? see its log)",
+                        refused=True,
+                    )
+                handshake, messages = received
+                if handshake.protocol_version != PROTOCOL_VERSION:
+                    raise _ConnectionFailed(
+                        f"the peer speaks protocol version {handshake.protocol_version}, "
+                        f"not {PROTOCOL_VERSION}",
+                        refused=True,
+                    )
+                if handshake.cluster_id != self._cluster_id:
+                    raise _ConnectionFailed(
+                        f"the peer belongs to cluster {handshake.cluster_id!r}, "
+                        f"not {self._cluster_id!r}",
+                        refused=True,
+                    )
+                if handshake.node_id != to:
+                    raise _ConnectionFailed(
+                        f"the peer says it is node {handshake.node_id!r}", refused=True
+                    )
+                if messages:
+                    raise _ConnectionFailed(
+                        "the peer sent messages on our outbound connection", refused=True
+                    )
+                return stream
+            except ProtocolError as exc:
+                await trio.aclose_forcefully(stream)
+                raise _ConnectionFailed(f"bad handshake: {exc}", refused=True) from None
+            except _NETWORK_ERRORS as exc:
+                await trio.aclose_forcefully(stream)
+                raise _ConnectionFailed(str(exc) or repr(exc)) from None
+            except BaseException:
+                # Includes _ConnectionFailed and Cancelled; aclose_forcefully never blocks.
+                await trio.aclose_forcefully(stream)
+                raise
+        raise _ConnectionFailed(f"no handshake within {self._handshake_timeout:g} s")
+
+    async def _write_queued(
+        self, to: NodeId, peer: _Peer, stream: trio.SocketStream, address: str
+    ) -> None:
+        """Write ``peer``'s queue to ``stream`` until the connection fails.
+
+        Each wakeup drains the queue into one ``send_all``, so a burst of messages costs one
+        system call rather than one each. A watcher task notices at once when the peer
+        closes the connection (it never writes to it after its handshake), so a restarted
+        peer is reconnected before the next message is lost on a dead socket.
+        """
+        in_flight = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_outbound, to, stream, address, nursery.cancel_scope)
+                try:
+                    while True:
+                        await peer.wait_for_messages()
+                        data, in_flight = self._take_batch(to, peer)
+                        if in_flight:
+                            await stream.send_all(data)
+                            self._messages_sent += in_flight
+                            in_flight = 0
+                except _NETWORK_ERRORS as exc:
+                    logger.info("lost connection to %r at %s: %r", to, address, exc)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._messages_dropped += in_flight
+
+    def _take_batch(self, to: NodeId, peer: _Peer) -> tuple[bytes, int]:
+        """Encode queued messages (up to about ``_MAX_WRITE_BYTES``) into one buffer."""
+        frames = []
+        size = 0
+        queue = peer.queue
+        limit = self._max_frame_bytes + 4
+        while queue and size < _MAX_WRITE_BYTES:
+            message = queue.popleft()
+            frame = encode_frame(message)
+            if len(frame) > limit:
+                self._messages_dropped += 1
+                logger.warning(
+                    "dropped a %s to %r: %d bytes exceed max_frame_bytes %d",
+                    type(message).__name__,
+                    to,
+                    len(frame) - 4,
+                    self._max_frame_bytes,
+                )
+                continue
+            frames.append(frame)
+            size += len(frame)
+        return b"".join(frames), len(frames)
+
+    async def _watch_outbound(
+        self, to: NodeId, stream: trio.SocketStream, address: str, scope: trio.CancelScope
+    ) -> None:
+        """Cancel ``scope`` once the peer closes (or writes to) our outbound connection."""
+        try:
+            data = await stream.receive_some(_RECEIVE_BYTES)
+        except _NETWORK_ERRORS as exc:
+            logger.info("lost connection to %r at %s: %r", to, address, exc)
+        else:
+            if data:
+                logger.warning(
+                    "closing connection to %r at %s: it sent data after its handshake",
+                    to,
+                    address,
+                )
+            else:
+                logger.info("%r at %s closed our connection", to, address)
+        scope.cancel()

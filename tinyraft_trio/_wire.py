@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
+import msgpack  # type: ignore[import-untyped, unused-ignore]  # untyped unless configured
 
 from ._core._messages import (
     AppendEntries,
@@ -253,13 +253,19 @@ def _make_entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
 _build_entry = _make_entry_builder()
 
 
-def _describe(value: object) -> str:
+def _describe(value: object, depth: int = 0) -> str:
     """Show a received value in an error message without dumping megabytes of it."""
-    if isinstance(value, bytes | str | list | dict):
-        text = repr(value)
-        if len(text) > 40:
-            return f"{type(value).__name__} of length {len(value)}"
-        return text
+    if isinstance(value, bytes | str):
+        if len(value) <= 32:
+            return repr(value)
+        return f"{type(value).__name__} of length {len(value)}"
+    if isinstance(value, list):
+        if depth >= 2 or len(value) > 4:
+            return f"an array of {len(value)} items"
+        return "[" + ", ".join(_describe(item, depth + 1) for item in value) + "]"
+    if isinstance(value, dict):
+        return f"a map of {len(value)} items"
+    # What else msgpack produces (int, float, bool, None, ExtType) has a short repr.
     text = repr(value)
     return text if len(text) <= 40 else f"a {type(value).__name__}"
 
