@@ -63,6 +63,16 @@ class _Signal:
         self._event = trio.Event()
 
 
+class _Replicator:
+    """A replicator task's inbox: woken on news for its follower, or when a heartbeat is due."""
+
+    __slots__ = ("heartbeat_due", "wake")
+
+    def __init__(self) -> None:
+        self.wake = _Signal()
+        self.heartbeat_due = True
+
+
 class _Waiter:
     """A caller of ``apply`` waiting for its entry to be applied."""
 
@@ -109,7 +119,7 @@ class RaftNode:
         self._waiters: dict[Index, _Waiter] = {}
         self._ready_signal = _Signal()
         self._apply_signal = _Signal()
-        self._replicator_signals: dict[NodeId, _Signal] = {}
+        self._replicators: dict[NodeId, _Replicator] = {}
         self._leader_scope: trio.CancelScope | None = None
         self._timer_scope: trio.CancelScope | None = None
         self._election_deadline = math.inf
@@ -117,6 +127,7 @@ class RaftNode:
         self._seen_term: Term = 0
         self._seen_leader: NodeId | None = None
         self._seen_commit: Index = 0
+        self._seen_last_index: Index = 0
         self._state_changed = trio.Event()
         self._applied_changed = trio.Event()
 
@@ -313,27 +324,32 @@ class RaftNode:
             async with trio.open_nursery() as nursery:
                 for peer in core.peers:
                     nursery.start_soon(self._replicate_to, peer)
+                nursery.start_soon(self._tick_heartbeats)
                 nursery.start_soon(self._watch_quorum)
 
     async def _replicate_to(self, peer: NodeId) -> None:
-        """Keep one follower's log in step: pipelined AppendEntries, heartbeats when idle."""
+        """Keep one follower's log in step: pipelined AppendEntries, heartbeats when due."""
         core = self._running_core()
-        signal = self._replicator_signals[peer] = _Signal()
-        interval = self.config.heartbeat_interval
-        last_sent = -math.inf
+        replicator = self._replicators[peer] = _Replicator()
         try:
             while True:
-                now = trio.current_time()
-                message = core.replicate(peer, heartbeat=now >= last_sent + interval)
+                heartbeat, replicator.heartbeat_due = replicator.heartbeat_due, False
+                message = core.replicate(peer, heartbeat=heartbeat)
                 if message is not None:
                     self._transport.send_nowait(peer, message)
-                    last_sent = now
-                    continue
-                with trio.move_on_at(last_sent + interval):
-                    await signal.wait()
+                else:
+                    await replicator.wake.wait()
         finally:
-            if self._replicator_signals.get(peer) is signal:
-                del self._replicator_signals[peer]
+            if self._replicators.get(peer) is replicator:
+                del self._replicators[peer]
+
+    async def _tick_heartbeats(self) -> None:
+        """Every heartbeat interval, have each replicator send at least an empty append (§5.2)."""
+        while True:
+            for replicator in self._replicators.values():
+                replicator.heartbeat_due = True
+                replicator.wake.set()
+            await trio.sleep(self.config.heartbeat_interval)
 
     async def _watch_quorum(self) -> None:
         """Step down if a majority stays silent for an election timeout (check-quorum)."""
@@ -368,6 +384,9 @@ class RaftNode:
             )
             return
         core.handle_message(sender, message, trio.current_time())
+        replicator = self._replicators.get(sender)
+        if replicator is not None:
+            replicator.wake.set()  # the answer may open the window or rewind the follower
         self._after_core()
 
     def _after_core(self) -> None:
@@ -382,11 +401,14 @@ class RaftNode:
             self._notify_state_changed()
         if core.has_ready:
             self._ready_signal.set()
-        if core.commit_index != self._seen_commit:
-            self._seen_commit = core.commit_index
-            self._apply_signal.set()
-        for signal in self._replicator_signals.values():
-            signal.set()
+        if core.commit_index != self._seen_commit or core.log.last_index != self._seen_last_index:
+            if core.commit_index != self._seen_commit:
+                self._seen_commit = core.commit_index
+                self._apply_signal.set()
+            self._seen_last_index = core.log.last_index
+            # New entries or a new commit index: every follower has something to hear.
+            for replicator in self._replicators.values():
+                replicator.wake.set()
 
     def _on_role_change(self, role: Role, term: Term) -> None:
         was_leader = self._seen_role is Role.LEADER
