@@ -41,5 +41,6 @@ def typecheck(session: nox.Session) -> None:
     trio-typing is deliberately not installed: its 0.10 stubs shadow trio's newer inline
     types (``trio.TaskStatus`` is missing there) and its mypy plugin crashes on current mypy.
     """
-    session.install("-e", ".", "mypy")
+    # exceptiongroup: the Python 3.10 backport trio depends on there, which mypy checks too.
+    session.install("-e", ".", "mypy", "exceptiongroup")
     session.run("mypy", "--strict", "tinyraft_trio")

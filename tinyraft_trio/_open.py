@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,9 @@ from ._node import RaftNode
 from ._state_machine import StateMachine
 from ._storage import MemoryStorage, Storage
 from ._transport import TcpTransport, Transport
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 
 @asynccontextmanager
@@ -45,9 +49,16 @@ async def open_raft_node(
             rng=random.Random(config.seed),
         )
     node = RaftNode(config, state_machine, storage=storage, transport=transport)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The caller's own exception passes through the node's nursery on its way out; give it
+        # back as raised rather than wrapped, so `except ValueError:` around the block works.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -202,3 +202,10 @@ async def test_bad_input_is_counted_in_status() -> None:
             # _send_raw returns once the node closed the connection, after counting it.
             assert node.status().rejected_connections == 2
             assert await node.apply(b"ok") == 1
+
+
+async def test_an_exception_in_the_block_comes_out_unwrapped() -> None:
+    with pytest.raises(ZeroDivisionError):
+        async with open_raft_node(single_node_config(), RecordingStateMachine()) as node:
+            await node.wait_for_leader()
+            _ = 1 / 0
