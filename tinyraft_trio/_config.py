@@ -69,6 +69,15 @@ class RaftConfig:
         max_frame_bytes: largest frame accepted from the network.
         seed: seeds the node's randomness (election timeouts, backoff jitter) so a
             simulated run can be replayed; None draws a seed from the OS.
+        data_dir: where the node keeps its log, hard state and snapshots, durably (fsync
+            before acknowledging). None keeps everything in memory: a restarted node then
+            comes back empty.
+        segment_bytes: a log segment file is closed and a new one started past this size.
+        snapshot_threshold: take a snapshot once this many entries were applied since the
+            last one.
+        trailing_entries: entries kept in the log behind a snapshot, so a follower that is
+            only slightly behind catches up from the log rather than from a snapshot.
+        snapshot_chunk_bytes: most snapshot bytes in one InstallSnapshot message.
     """
 
     node_id: NodeId
@@ -83,6 +92,11 @@ class RaftConfig:
     max_inflight_appends: int = 64
     max_frame_bytes: int = 16 * 1024 * 1024
     seed: int | None = None
+    data_dir: str | None = None
+    segment_bytes: int = 64 * 1024 * 1024
+    snapshot_threshold: int = 8192
+    trailing_entries: int = 1024
+    snapshot_chunk_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         _check_node_id("node_id", self.node_id)
@@ -118,6 +132,14 @@ class RaftConfig:
                 "max_frame_bytes: must be at least max_bytes_per_append + 4096 "
                 f"({self.max_bytes_per_append + 4096}), got {self.max_frame_bytes}"
             )
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise ValueError(f"data_dir: expected a non-empty path, got {self.data_dir!r}")
+        _check_int_range("segment_bytes", self.segment_bytes, 4096, 1 << 40)
+        _check_int_range("snapshot_threshold", self.snapshot_threshold, 1, 1 << 40)
+        _check_int_range("trailing_entries", self.trailing_entries, 0, 1 << 40)
+        _check_int_range(
+            "snapshot_chunk_bytes", self.snapshot_chunk_bytes, 1, self.max_frame_bytes - 4096
+        )
         if self.seed is not None:
             _check_int_range("seed", self.seed, -(2**63), 2**63 - 1)
 
@@ -135,8 +157,9 @@ class RaftConfig:
         """Build a config from the environment variables of the tinyraft tradition.
 
         ``NODE_ID``, ``NODE_LISTEN_ADDR``, ``NODE_ADVERTISE_ADDR``, ``RAFT_TIMEOUT_MS`` (the
-        election timeout in milliseconds; the heartbeat interval becomes a fifth of it) and
-        ``RAFT_PEERS`` (``id=host:port,...``). Keyword arguments win over the environment.
+        election timeout in milliseconds; the heartbeat interval becomes a fifth of it),
+        ``RAFT_DATA_DIR`` and ``RAFT_PEERS`` (``id=host:port,...``). Keyword arguments win
+        over the environment.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -152,6 +175,8 @@ class RaftConfig:
                 raise ValueError(f"RAFT_TIMEOUT_MS: must be a positive integer, got {text!r}")
             values["election_timeout"] = int(text) / 1000
             values["heartbeat_interval"] = int(text) / 5000
+        if env.get("RAFT_DATA_DIR"):
+            values["data_dir"] = env["RAFT_DATA_DIR"]
         if env.get("RAFT_PEERS"):
             values["peers"] = parse_peers(env["RAFT_PEERS"], field_name="RAFT_PEERS")
         values.update(overrides)

@@ -47,3 +47,48 @@ class HardState:
 
     current_term: Term = 0
     voted_for: NodeId | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Member:
+    """One member of the cluster: where to reach it, and whether it votes."""
+
+    id: NodeId
+    address: str
+    voter: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Membership:
+    """The cluster's configuration: every member, sorted by id."""
+
+    members: tuple[Member, ...] = ()
+
+    @classmethod
+    def of_voters(cls, addresses: dict[NodeId, str]) -> Membership:
+        return cls(members=tuple(Member(id=i, address=addresses[i]) for i in sorted(addresses)))
+
+    @property
+    def voters(self) -> frozenset[NodeId]:
+        return frozenset(member.id for member in self.members if member.voter)
+
+    @property
+    def ids(self) -> frozenset[NodeId]:
+        return frozenset(member.id for member in self.members)
+
+    def address_of(self, node_id: NodeId) -> str | None:
+        for member in self.members:
+            if member.id == node_id:
+                return member.address
+        return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot covers: the state after applying every entry up to ``index``."""
+
+    index: Index
+    term: Term
+    membership: Membership
+    size: int = 0
+    """The snapshot's length in bytes."""
