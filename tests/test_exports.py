@@ -22,6 +22,7 @@ PUBLIC = {
     "RaftNode",
     "Role",
     "StateMachine",
+    "StorageFailedError",
     "Storage",
     "TcpTransport",
     "Transport",
@@ -59,7 +60,7 @@ def test_testing_exports() -> None:
 
 
 def test_errors_share_one_base_class() -> None:
-    for name in ("NotLeaderError", "LeadershipLostError", "NodeClosedError"):
+    for name in ("NotLeaderError", "LeadershipLostError", "NodeClosedError", "StorageFailedError"):
         assert issubclass(getattr(tinyraft_trio, name), tinyraft_trio.RaftError)
 
 

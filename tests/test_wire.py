@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from tinyraft_trio._core._messages import (
     AppendEntries,
     AppendEntriesResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     RequestVote,
     RequestVoteResponse,
     TimeoutNow,
 )
-from tinyraft_trio._core._types import Entry, EntryKind
+from tinyraft_trio._core._types import Entry, EntryKind, Member, Membership
 from tinyraft_trio._wire import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -114,6 +116,19 @@ EXAMPLES: list[Message | Handshake] = [
         term=5, success=False, match_index=0, reject_index=10, conflict_index=7, conflict_term=3
     ),
     TimeoutNow(term=12, leader_id="leader"),
+    InstallSnapshot(
+        term=7,
+        leader_id="a",
+        last_included_index=1000,
+        last_included_term=6,
+        membership=Membership(
+            members=(Member(id="a", address="h:1"), Member(id="b", address="h:2", voter=False))
+        ),
+        offset=4096,
+        data=b"\x00" * 100,
+        done=False,
+    ),
+    InstallSnapshotResponse(term=7, last_included_index=1000, next_offset=4196, done=True),
 ]
 
 
@@ -123,7 +138,7 @@ def test_round_trip_of_every_message_type(message: Message | Handshake) -> None:
 
 
 def test_every_type_code_is_covered() -> None:
-    assert {frame_bytes[5] for frame_bytes in map(encode_frame, EXAMPLES)} == set(range(6))
+    assert {frame_bytes[5] for frame_bytes in map(encode_frame, EXAMPLES)} == set(range(8))
 
 
 def test_round_trip_of_empty_and_large_entry_data() -> None:
@@ -205,6 +220,29 @@ messages = st.one_of(
         conflict_term=u63,
     ),
     st.builds(TimeoutNow, term=u63, leader_id=ids),
+    st.builds(
+        InstallSnapshot,
+        term=st.just(MAX_U63),
+        leader_id=ids,
+        last_included_index=u63,
+        last_included_term=u63,
+        membership=st.builds(
+            Membership,
+            members=st.lists(ids, unique=True, max_size=12).map(
+                lambda names: tuple(Member(id=n, address=f"{n}:1") for n in sorted(names))
+            ),
+        ),
+        offset=u63,
+        data=st.binary(max_size=64),
+        done=st.booleans(),
+    ),
+    st.builds(
+        InstallSnapshotResponse,
+        term=u63,
+        last_included_index=u63,
+        next_offset=u63,
+        done=st.booleans(),
+    ),
 )
 
 
@@ -488,7 +526,9 @@ def check_decodes_or_refuses(data: bytes, max_frame_bytes: int = 64 * 1024) -> N
             | RequestVoteResponse
             | AppendEntries
             | AppendEntriesResponse
-            | TimeoutNow,
+            | TimeoutNow
+            | InstallSnapshot
+            | InstallSnapshotResponse,
         )
         # Whatever was accepted is a valid message: it survives a round trip.
         assert round_trip(message) == message
@@ -544,3 +584,13 @@ def test_errors_about_huge_values_stay_short() -> None:
     assert "bytes of length 1000000" in decode_error(frame([5, b"x" * 1_000_000, "a"]))
     assert "an array of 7 items" in decode_error(frame([5, [b"x" * 1000] * 7, "a"]))
     assert "got [[an array of 1 items]]" in decode_error(frame([5, [[[[1]]]], "a"]))
+
+
+def test_install_snapshot_with_a_bad_membership_is_refused() -> None:
+    fields = [6, 3, "a", 10, 2, b"not json", 0, b"", True]
+    assert "InstallSnapshot field membership" in decode_error(frame(fields))
+    fields[5] = b'[["b","h:1",true],["a","h:2",true]]'
+    assert "sorted" in decode_error(frame(fields))
+    fields[5] = b"[]"
+    fields[4] = 4
+    assert "last_included_term" in decode_error(frame(fields))

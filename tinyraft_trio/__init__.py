@@ -10,6 +10,7 @@ from ._exceptions import LeadershipLostError as LeadershipLostError
 from ._exceptions import NodeClosedError as NodeClosedError
 from ._exceptions import NotLeaderError as NotLeaderError
 from ._exceptions import RaftError as RaftError
+from ._exceptions import StorageFailedError as StorageFailedError
 from ._node import RaftNode as RaftNode
 from ._open import open_raft_node as open_raft_node
 from ._state_machine import StateMachine as StateMachine

@@ -38,3 +38,10 @@ class LeadershipLostError(RaftError):
 
 class NodeClosedError(RaftError):
     """The node is shutting down or has shut down."""
+
+
+class StorageFailedError(RaftError):
+    """The node's storage failed (for example the disk is full); it takes no further part.
+
+    Nothing the node could not write was acknowledged. Fix the disk and restart the node.
+    """

@@ -14,6 +14,7 @@ Task shape (one nursery per node):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -23,9 +24,9 @@ import trio
 
 from ._config import RaftConfig
 from ._core._messages import Message
-from ._core._state import CoreSettings, RaftCore
-from ._core._types import Entry, EntryKind, Index, NodeId, Role, Term
-from ._exceptions import LeadershipLostError, NodeClosedError, NotLeaderError
+from ._core._state import CoreSettings, RaftCore, SnapshotNeeded
+from ._core._types import Entry, EntryKind, Index, Membership, NodeId, Role, SnapshotMeta, Term
+from ._exceptions import LeadershipLostError, NodeClosedError, NotLeaderError, StorageFailedError
 from ._state_machine import StateMachine
 from ._status import MemberStatus, NodeStatus
 from ._storage import Storage
@@ -130,6 +131,14 @@ class RaftNode:
         self._seen_last_index: Index = 0
         self._state_changed = trio.Event()
         self._applied_changed = trio.Event()
+        # Storage: persist/compact never overlap each other, nor save/read of the snapshot;
+        # the two kinds may overlap, so writing a snapshot never stalls the log.
+        self._log_lock = trio.Lock()
+        self._snapshot_lock = trio.Lock()
+        self._snapshot_requested = False
+        self._snapshot_in_progress = False
+        self._snapshot_done = trio.Event()
+        self._storage_error: str | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -158,6 +167,8 @@ class RaftNode:
         if len(command) > limit:
             raise ValueError(f"command of {len(command)} bytes exceeds the limit of {limit}")
         core = self._running_core()
+        if self._storage_error is not None:
+            raise StorageFailedError(self._storage_error)
         if core.role is not Role.LEADER:
             raise NotLeaderError(core.leader_id, self._address_of(core.leader_id))
         entry = core.propose(bytes(command))
@@ -184,6 +195,25 @@ class RaftNode:
             if core.leader_id is not None:
                 return core.leader_id
             await self._state_changed.wait()
+
+    async def snapshot(self) -> int:
+        """Snapshot the state machine now, compact the log, and return the snapshot's index.
+
+        Returns once the snapshot is durable. If nothing was applied since the last snapshot,
+        returns that snapshot's index without taking a new one.
+
+        Cancellation: the snapshot may still be taken and saved.
+        """
+        await trio.lowlevel.checkpoint()
+        core = self._running_core()
+        while self._snapshot_in_progress:
+            await self._snapshot_done.wait()
+        self._snapshot_requested = True
+        done = self._snapshot_done
+        self._apply_signal.set()
+        await done.wait()
+        self._running_core()
+        return core.snapshot.index if core.snapshot is not None else 0
 
     async def wait_applied(self, index: Index) -> None:
         """Wait until this node's state machine has applied every entry up to ``index``.
@@ -212,6 +242,8 @@ class RaftNode:
             ),
             rejected_connections=self._transport.statistics().connections_rejected,
             ignored_messages=self._ignored_messages,
+            snapshot_index=core.snapshot.index if core.snapshot is not None else 0,
+            storage_error=self._storage_error,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -219,19 +251,31 @@ class RaftNode:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until cancelled. ``task_status.started()`` once it serves peers."""
         state = await self._storage.load()
-        self._core = RaftCore(
+        core = RaftCore(
             node_id=self.id,
-            voters=self._members,
+            membership=Membership.of_voters(self._members),
             settings=CoreSettings(
                 election_timeout=self.config.election_timeout,
                 max_entries_per_append=self.config.max_entries_per_append,
                 max_bytes_per_append=self.config.max_bytes_per_append,
                 max_inflight_appends=self.config.max_inflight_appends,
+                snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
+                trailing_entries=self.config.trailing_entries,
             ),
             hard_state=state.hard_state,
+            snapshot=state.snapshot,
             entries=state.entries,
         )
-        self._seen_term = self._core.current_term
+        if state.snapshot is not None:
+            # Restart: the state machine resumes from the snapshot; the log replays after it.
+            self._state_machine.restore(await self._storage.read_snapshot())
+            self._last_applied = state.snapshot.index
+            self._members.update(
+                {member.id: member.address for member in state.snapshot.membership.members}
+            )
+        self._core = core
+        self._seen_term = core.current_term
+        self._seen_commit = core.commit_index
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -249,6 +293,7 @@ class RaftNode:
                 waiter.resolve(error=error)
             self._waiters.clear()
             self._applied_changed.set()
+            self._snapshot_done.set()
             self._notify_state_changed()
 
     # ------------------------------------------------------------------ tasks
@@ -261,6 +306,8 @@ class RaftNode:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
+            if self._storage_error is not None:
+                await trio.sleep_forever()
             self._election_deadline = trio.current_time() + self._random_election_timeout()
             core.election_timeout()
             self._after_core()
@@ -272,32 +319,124 @@ class RaftNode:
             await self._ready_signal.wait()
             while core.has_ready:
                 ready = core.take_ready()
-                if ready.hard_state is not None or ready.first_index is not None:
-                    await self._storage.persist(
-                        hard_state=ready.hard_state,
-                        first_index=ready.first_index,
-                        entries=ready.entries,
-                    )
-                    if ready.entries:
-                        last = ready.entries[-1]
-                        core.on_persisted(last.index, last.term)
-                        self._after_core()
+                try:
+                    if ready.snapshot is not None:
+                        meta, data = ready.snapshot
+                        async with self._snapshot_lock:
+                            await self._storage.save_snapshot(meta, data)
+                            core.on_snapshot_saved(meta)
+                    async with self._log_lock:
+                        if ready.compact_through is not None:
+                            await self._storage.compact(ready.compact_through)
+                        if ready.hard_state is not None or ready.first_index is not None:
+                            await self._storage.persist(
+                                hard_state=ready.hard_state,
+                                first_index=ready.first_index,
+                                entries=ready.entries,
+                            )
+                except OSError as exc:
+                    self._fail_storage(exc)
+                    return
+                if ready.entries:
+                    last = ready.entries[-1]
+                    core.on_persisted(last.index, last.term)
+                    self._after_core()
                 for to, message in ready.messages:
                     self._transport.send_nowait(to, message)
 
+    def _fail_storage(self, error: OSError) -> None:
+        """The disk failed: stop taking part (never acknowledge what was not written)."""
+        self._storage_error = f"{type(error).__name__}: {error}"
+        logger.error("%s: storage failed, no longer taking part: %s", self.id, error)
+        core = self._running_core()
+        if core.role is not Role.FOLLOWER:
+            core.become_follower(core.current_term, None)
+            self._after_core()
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = math.inf
+        self._election_deadline = math.inf
+        for waiter in self._waiters.values():
+            waiter.resolve(error=StorageFailedError(self._storage_error))
+        self._waiters.clear()
+        self._notify_state_changed()
+
     async def _run_applier(self) -> None:
-        """Apply committed entries in log order, each exactly once, and answer their callers."""
+        """Apply committed entries in log order, each exactly once, and answer their callers.
+
+        The only task that touches the state machine: apply, snapshot and restore.
+        """
         core = self._running_core()
         while True:
             await self._apply_signal.wait()
-            while entries := core.take_committed(_APPLY_BATCH):
-                for entry in entries:
-                    self._apply_entry(entry)
+            while True:
+                restore = core.take_restore()
+                if restore is not None:
+                    self._restore_snapshot(*restore)
+                entries = core.take_committed(_APPLY_BATCH)
+                if entries:
+                    for entry in entries:
+                        self._apply_entry(entry)
+                elif restore is None:
+                    break
                 self._applied_changed.set()
                 self._applied_changed = trio.Event()
                 if self._observer is not None:
                     self._observer.state_changed(self)
+                self._maybe_start_snapshot()
                 await trio.lowlevel.checkpoint()
+            self._maybe_start_snapshot()
+
+    def _restore_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        self._state_machine.restore(data)
+        self._last_applied = meta.index
+        covered = [index for index in self._waiters if index <= meta.index]
+        for index in covered:
+            self._waiters.pop(index).resolve(
+                error=LeadershipLostError("applied from a snapshot; the result is unavailable")
+            )
+        logger.info("%s: restored a snapshot up to index %d", self.id, meta.index)
+
+    def _maybe_start_snapshot(self) -> None:
+        """Snapshot the state machine when the log since the last snapshot grew long (§7)."""
+        if self._snapshot_in_progress or self._nursery is None:
+            return
+        core = self._running_core()
+        since = core.snapshot.index if core.snapshot is not None else 0
+        if self._last_applied <= since:
+            if self._snapshot_requested:
+                self._snapshot_requested = False
+                self._finish_snapshot_round()
+            return
+        if not self._snapshot_requested and (
+            self._last_applied - since < self.config.snapshot_threshold
+        ):
+            return
+        self._snapshot_requested = False
+        data = self._state_machine.snapshot()
+        meta = dataclasses.replace(core.snapshot_meta_at(self._last_applied), size=len(data))
+        self._snapshot_in_progress = True
+        self._nursery.start_soon(self._save_snapshot, meta, data)
+
+    async def _save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Write a snapshot off the event loop, then compact the log behind it."""
+        core = self._running_core()
+        try:
+            async with self._snapshot_lock:
+                await self._storage.save_snapshot(meta, data)
+                through = core.on_snapshot_saved(meta)
+            if through is not None:
+                async with self._log_lock:
+                    await self._storage.compact(through)
+            logger.info("%s: snapshot up to index %d saved", self.id, meta.index)
+        except OSError as exc:
+            logger.error("%s: could not save a snapshot: %s", self.id, exc)
+        finally:
+            self._snapshot_in_progress = False
+            self._finish_snapshot_round()
+
+    def _finish_snapshot_round(self) -> None:
+        self._snapshot_done.set()
+        self._snapshot_done = trio.Event()
 
     def _apply_entry(self, entry: Entry) -> None:
         result: object = None
@@ -335,7 +474,13 @@ class RaftNode:
             while True:
                 heartbeat, replicator.heartbeat_due = replicator.heartbeat_due, False
                 message = core.replicate(peer, heartbeat=heartbeat)
-                if message is not None:
+                if isinstance(message, SnapshotNeeded):
+                    async with self._snapshot_lock:
+                        data = await self._storage.read_snapshot(message.offset, message.size)
+                        chunk = core.snapshot_chunk(peer, message.meta, message.offset, data)
+                    if chunk is not None:
+                        self._transport.send_nowait(peer, chunk)
+                elif message is not None:
                     self._transport.send_nowait(peer, message)
                 else:
                     await replicator.wake.wait()
@@ -364,7 +509,7 @@ class RaftNode:
 
     def _deliver(self, sender: NodeId, message: Message) -> None:
         core = self._core
-        if core is None or self._closed:
+        if core is None or self._closed or self._storage_error is not None:
             return
         if sender not in self._members or sender == self.id:
             self._ignored_messages += 1

@@ -32,3 +32,7 @@ class NodeStatus:
     """Inbound connections closed because they sent bad input (see the transport's log)."""
     ignored_messages: int = 0
     """Well-formed messages dropped because they came from a node that is not a member."""
+    snapshot_index: Index = 0
+    """The last index the latest durable snapshot covers (0: none yet)."""
+    storage_error: str | None = None
+    """Set when the disk failed; the node then takes no further part until restarted."""

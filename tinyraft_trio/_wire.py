@@ -12,6 +12,9 @@ whose first element is the message type code, then the message's fields in decla
     4 AppendEntriesResponse  [4, term, success, match_index, reject_index,
                                  conflict_index, conflict_term]
     5 TimeoutNow             [5, term, leader_id]
+    6 InstallSnapshot        [6, term, leader_id, last_included_index, last_included_term,
+                                 membership (bin: Membership.to_bytes), offset, data, done]
+    7 InstallSnapshotResponse [7, term, last_included_index, next_offset, done]
 
 The bytes come from the network, so nothing decoded is trusted: every value is checked (shape,
 types, ranges, and the entries of an AppendEntries follow ``prev_log_index`` consecutively)
@@ -33,12 +36,14 @@ import msgpack  # type: ignore[import-untyped, unused-ignore]  # untyped unless 
 from ._core._messages import (
     AppendEntries,
     AppendEntriesResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     RequestVote,
     RequestVoteResponse,
     TimeoutNow,
 )
-from ._core._types import Entry, EntryKind
+from ._core._types import Entry, EntryKind, Membership
 from ._exceptions import RaftError
 
 __all__ = [
@@ -62,8 +67,8 @@ _MAX_STR_BYTES = MAX_ID_CHARS * 4
 # A string of MAX_ID_CHARS characters is at most this many bytes of UTF-8.
 _MIN_ENTRY_BYTES = 6
 # fixarray header, three positive fixints and a bin8 header: the smallest encoded entry.
-_SMALL_ARRAY = 8
-# Every array of a valid frame holds at most 7 items, except the entries of an AppendEntries.
+_SMALL_ARRAY = 9
+# Every array of a valid frame holds at most 9 items, except the entries of an AppendEntries.
 
 _HEADER = struct.Struct(">I")
 _HEADER_SIZE = _HEADER.size
@@ -131,6 +136,24 @@ def _fields_of_timeout_now(m: TimeoutNow) -> tuple[object, ...]:
     return (5, m.term, m.leader_id)
 
 
+def _fields_of_install_snapshot(m: InstallSnapshot) -> tuple[object, ...]:
+    return (
+        6,
+        m.term,
+        m.leader_id,
+        m.last_included_index,
+        m.last_included_term,
+        m.membership.to_bytes(),
+        m.offset,
+        m.data,
+        m.done,
+    )
+
+
+def _fields_of_install_snapshot_response(m: InstallSnapshotResponse) -> tuple[object, ...]:
+    return (7, m.term, m.last_included_index, m.next_offset, m.done)
+
+
 _FIELDS_OF: dict[type, Callable[[Any], tuple[object, ...]]] = {
     Handshake: _fields_of_handshake,
     RequestVote: _fields_of_request_vote,
@@ -138,6 +161,8 @@ _FIELDS_OF: dict[type, Callable[[Any], tuple[object, ...]]] = {
     AppendEntries: _fields_of_append_entries,
     AppendEntriesResponse: _fields_of_append_entries_response,
     TimeoutNow: _fields_of_timeout_now,
+    InstallSnapshot: _fields_of_install_snapshot,
+    InstallSnapshotResponse: _fields_of_install_snapshot_response,
 }
 
 
@@ -175,6 +200,7 @@ _U63 = "u63"
 _ID = "id"
 _BOOL = "bool"
 _ENTRIES = "entries"
+_BYTES = "bytes"
 
 _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
     0: ("Handshake", (("protocol_version", _U63), ("cluster_id", _ID), ("node_id", _ID))),
@@ -213,6 +239,28 @@ _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
         ),
     ),
     5: ("TimeoutNow", (("term", _U63), ("leader_id", _ID))),
+    6: (
+        "InstallSnapshot",
+        (
+            ("term", _U63),
+            ("leader_id", _ID),
+            ("last_included_index", _U63),
+            ("last_included_term", _U63),
+            ("membership", _BYTES),
+            ("offset", _U63),
+            ("data", _BYTES),
+            ("done", _BOOL),
+        ),
+    ),
+    7: (
+        "InstallSnapshotResponse",
+        (
+            ("term", _U63),
+            ("last_included_index", _U63),
+            ("next_offset", _U63),
+            ("done", _BOOL),
+        ),
+    ),
 }
 """Each message's wire fields and their kinds: the reference for the fast checks below, and
 what ``_fail`` walks to explain a failed check."""
@@ -289,6 +337,8 @@ def _problem(kind: str, value: object) -> str | None:
             return f"expected a boolean, got {_describe(value)}"
     elif kind == _ENTRIES and type(value) is not list:
         return f"expected an array of entries, got {_describe(value)}"
+    elif kind == _BYTES and type(value) is not bytes:
+        return f"expected bytes, got {_describe(value)}"
     return None
 
 
@@ -479,6 +529,63 @@ def _decode_timeout_now(obj: list[Any]) -> TimeoutNow:
     raise _fail(5, obj)
 
 
+def _decode_install_snapshot(obj: list[Any]) -> InstallSnapshot:
+    if len(obj) == 9:
+        _, term, leader_id, index, index_term, membership, offset, data, done = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(leader_id) is str
+            and 0 < len(leader_id) <= MAX_ID_CHARS
+            and type(index) is int
+            and 0 <= index <= _MAX_U63
+            and type(index_term) is int
+            and 0 <= index_term <= term
+            and type(membership) is bytes
+            and type(offset) is int
+            and 0 <= offset <= _MAX_U63
+            and type(data) is bytes
+            and type(done) is bool
+        ):
+            try:
+                decoded = Membership.from_bytes(membership)
+            except ValueError as exc:
+                raise ProtocolError(f"InstallSnapshot field membership: {exc}") from None
+            return InstallSnapshot(
+                term=term,
+                leader_id=leader_id,
+                last_included_index=index,
+                last_included_term=index_term,
+                membership=decoded,
+                offset=offset,
+                data=data,
+                done=done,
+            )
+        if type(index_term) is int and type(term) is int and index_term > term >= 0:
+            raise ProtocolError(
+                f"InstallSnapshot field last_included_term: {index_term} exceeds term {term}"
+            )
+    raise _fail(6, obj)
+
+
+def _decode_install_snapshot_response(obj: list[Any]) -> InstallSnapshotResponse:
+    if len(obj) == 5:
+        _, term, index, next_offset, done = obj
+        if (
+            type(term) is int
+            and 0 <= term <= _MAX_U63
+            and type(index) is int
+            and 0 <= index <= _MAX_U63
+            and type(next_offset) is int
+            and 0 <= next_offset <= _MAX_U63
+            and type(done) is bool
+        ):
+            return InstallSnapshotResponse(
+                term=term, last_included_index=index, next_offset=next_offset, done=done
+            )
+    raise _fail(7, obj)
+
+
 _DECODERS: tuple[Callable[[list[Any]], Message | Handshake], ...] = (
     _decode_handshake,
     _decode_request_vote,
@@ -486,6 +593,8 @@ _DECODERS: tuple[Callable[[list[Any]], Message | Handshake], ...] = (
     _decode_append_entries,
     _decode_append_entries_response,
     _decode_timeout_now,
+    _decode_install_snapshot,
+    _decode_install_snapshot_response,
 )
 
 

@@ -79,8 +79,16 @@ async def run_one_seed(seed: int) -> None:
     rng = random.Random(seed)
     network = MemoryNetwork(seed=seed, delay=(0.0, 0.01))
     acknowledged: list[bytes] = []
+    # Small snapshot settings, so runs snapshot, compact and send InstallSnapshot often.
     async with open_memory_cluster(
-        5, seed=seed, network=network, election_timeout=ELECTION_TIMEOUT, heartbeat_interval=0.1
+        5,
+        seed=seed,
+        network=network,
+        election_timeout=ELECTION_TIMEOUT,
+        heartbeat_interval=0.1,
+        snapshot_threshold=rng.choice([40, 100, 100_000]),
+        trailing_entries=rng.choice([0, 5, 50]),
+        snapshot_chunk_bytes=rng.choice([64, 1024]),
     ) as cluster:
         async with trio.open_nursery() as clients:
             for name in ("a", "b"):

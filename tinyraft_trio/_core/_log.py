@@ -125,6 +125,27 @@ class RaftLog:
         self._unstable_from = min(self._unstable_from, index)
         self._dirty = True
 
+    def compact(self, through_index: Index) -> None:
+        """Drop the entries up to ``through_index``: a durable snapshot covers them.
+
+        Only entries already handed to storage may go (the caller ensures it).
+        """
+        if through_index <= self._snapshot_index:
+            return
+        if through_index > self.last_index or through_index >= self._unstable_from:
+            raise ValueError(f"cannot compact through {through_index}: not yet stable")
+        self._snapshot_term = self.entry(through_index).term
+        del self._entries[: through_index - self._snapshot_index]
+        self._snapshot_index = through_index
+
+    def reset(self, snapshot_index: Index, snapshot_term: Term) -> None:
+        """Discard the whole log: a snapshot that this log does not contain replaces it."""
+        self._entries.clear()
+        self._snapshot_index = snapshot_index
+        self._snapshot_term = snapshot_term
+        self._unstable_from = snapshot_index + 1
+        self._dirty = True
+
     def take_unstable(self) -> tuple[Index, list[Entry]]:
         """Return (first index to rewrite, entries to write from it), marking them handed over.
 
@@ -135,6 +156,11 @@ class RaftLog:
         self._unstable_from = self.last_index + 1
         self._dirty = False
         return first, entries
+
+    @property
+    def handed_index(self) -> Index:
+        """Entries up to here were handed to storage (by ``take_unstable``)."""
+        return self._unstable_from - 1
 
     @property
     def has_unstable(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._types import Entry, Index, NodeId, Term
+from ._types import Entry, Index, Membership, NodeId, Term
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,5 +77,44 @@ class TimeoutNow:
     leader_id: NodeId
 
 
-Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | TimeoutNow
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InstallSnapshot:
+    """One chunk of the leader's snapshot, for a follower whose next entry was compacted away.
+
+    Chunks are sent one at a time from ``offset``; ``done`` marks the last (Figure 13).
+    """
+
+    term: Term
+    leader_id: NodeId
+    last_included_index: Index
+    last_included_term: Term
+    membership: Membership
+    offset: int
+    data: bytes
+    done: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InstallSnapshotResponse:
+    """The follower's answer to one chunk.
+
+    ``next_offset`` is how many bytes of that snapshot the follower holds (the leader resumes
+    from there); ``done`` means the follower now has everything up to ``last_included_index``.
+    """
+
+    term: Term
+    last_included_index: Index
+    next_offset: int
+    done: bool
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | TimeoutNow
+    | InstallSnapshot
+    | InstallSnapshotResponse
+)
 """Every message the core consumes or produces."""

@@ -15,6 +15,8 @@ class ReplicationState(enum.Enum):
     """The follower's match point is unknown: one AppendEntries at a time until one succeeds."""
     REPLICATE = "replicate"
     """The follower is in step: stream AppendEntries optimistically, within the window."""
+    SNAPSHOT = "snapshot"
+    """The follower needs entries the leader compacted away: send the snapshot, chunk by chunk."""
 
 
 class Progress:
@@ -26,12 +28,15 @@ class Progress:
     """
 
     __slots__ = (
+        "chunk_sent",
         "commit_sent",
         "inflight",
         "last_contact",
         "match_index",
         "next_index",
         "probe_sent",
+        "snapshot_index",
+        "snapshot_offset",
         "state",
     )
 
@@ -43,10 +48,23 @@ class Progress:
         self.inflight: deque[Index] = deque()
         self.commit_sent: Index = 0
         self.last_contact: float | None = None
+        # In SNAPSHOT: which snapshot is being sent, how many bytes the follower holds, and
+        # whether a chunk is awaiting its answer (one chunk in flight at a time).
+        self.snapshot_index: Index = 0
+        self.snapshot_offset = 0
+        self.chunk_sent = False
 
     def become_probe(self) -> None:
         self.state = ReplicationState.PROBE
         self.next_index = max(self.next_index, self.match_index + 1)
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def become_snapshot(self, snapshot_index: Index) -> None:
+        self.state = ReplicationState.SNAPSHOT
+        self.snapshot_index = snapshot_index
+        self.snapshot_offset = 0
+        self.chunk_sent = False
         self.probe_sent = False
         self.inflight.clear()
 

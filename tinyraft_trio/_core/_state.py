@@ -18,6 +18,8 @@ from ._log import RaftLog
 from ._messages import (
     AppendEntries,
     AppendEntriesResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
     Message,
     RequestVote,
     RequestVoteResponse,
@@ -25,7 +27,18 @@ from ._messages import (
 )
 from ._progress import Progress, ReplicationState
 from ._quorum import VoteOutcome, committed_index, majority, tally
-from ._types import Entry, EntryKind, HardState, Index, NodeId, Role, Term
+from ._types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    Membership,
+    Member,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    Term,
+)
 
 
 class SafetyViolation(AssertionError):
@@ -40,6 +53,8 @@ class CoreSettings:
     max_entries_per_append: int = 2048
     max_bytes_per_append: int = 1024 * 1024
     max_inflight_appends: int = 64
+    snapshot_chunk_bytes: int = 1024 * 1024
+    trailing_entries: int = 1024
     pre_vote: bool = True
     check_quorum: bool = True
 
@@ -48,16 +63,34 @@ class CoreSettings:
 class Ready:
     """Work for the driver, to be done in this order.
 
-    1. Persist ``hard_state`` (if not None) and the log change: drop every stored entry at
+    1. Save ``snapshot`` (if any), then let storage compact through ``compact_through``.
+    2. Persist ``hard_state`` (if not None) and the log change: drop every stored entry at
        or after ``first_index`` and write ``entries`` (when ``first_index`` is not None).
-    2. Send ``messages`` — only once step 1 is durable.
+    3. Send ``messages`` — only once steps 1 and 2 are durable.
     Committed entries are fetched separately with ``RaftCore.take_committed``.
     """
 
+    snapshot: tuple[SnapshotMeta, bytes] | None
+    """A snapshot received from the leader: save it durably first of all."""
+    compact_through: Index | None
+    """After the snapshot is saved, storage may drop entries up to here."""
     hard_state: HardState | None
     first_index: Index | None
     entries: tuple[Entry, ...]
     messages: tuple[tuple[NodeId, Message], ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotNeeded:
+    """``replicate`` asks the driver for bytes of the snapshot to send to ``peer``.
+
+    The driver reads ``size`` bytes at ``offset`` of the snapshot ``meta`` describes and
+    passes them to ``RaftCore.snapshot_chunk``.
+    """
+
+    meta: SnapshotMeta
+    offset: int
+    size: int
 
 
 class RaftCore:
@@ -71,26 +104,37 @@ class RaftCore:
         self,
         *,
         node_id: NodeId,
-        voters: Iterable[NodeId],
         settings: CoreSettings,
+        voters: Iterable[NodeId] | None = None,
+        membership: Membership | None = None,
         hard_state: HardState | None = None,
+        snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
     ) -> None:
         self.id = node_id
         self.settings = settings
-        self.voters: frozenset[NodeId] = frozenset(voters)
-        # Persistent state (Figure 2); written by the driver before any dependent message.
+        if membership is None:
+            ids = sorted(voters or ())
+            membership = Membership(members=tuple(Member(id=i, address="") for i in ids))
+        if snapshot is not None:
+            membership = snapshot.membership
+        self.membership = membership
+        self.voters: frozenset[NodeId] = membership.voters
         hard_state = hard_state or HardState()
+        # Persistent state (Figure 2); written by the driver before any dependent message.
         self.current_term: Term = hard_state.current_term
         self.voted_for: NodeId | None = hard_state.voted_for
-        self.log = RaftLog(entries)
+        # The latest durable snapshot; Invariant: snapshot.index <= commit_index.
+        self.snapshot = snapshot
+        self.log = _recover_log(snapshot, entries)
         # Volatile state.
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
+        start = snapshot.index if snapshot is not None else 0
         # Invariant: commit_index only grows, and never exceeds an index a quorum persisted.
-        self.commit_index: Index = 0
+        self.commit_index: Index = start
         # Invariant: applied_index <= commit_index; entries up to it went to the applier.
-        self.applied_index: Index = 0
+        self.applied_index: Index = start
         # Invariant: every entry up to persisted_index is durable in this node's storage.
         self.persisted_index: Index = self.log.last_index
         self._handed_hard_state = hard_state
@@ -100,6 +144,11 @@ class RaftCore:
         self._progress: dict[NodeId, Progress] = {}
         self._last_leader_contact: float | None = None
         self._timer_reset = False
+        # A snapshot arriving from the leader, chunk by chunk: (index, term) and the bytes.
+        self._incoming: tuple[tuple[Index, Term], bytearray] | None = None
+        self._received_snapshot: tuple[SnapshotMeta, bytes] | None = None
+        self._restore: tuple[SnapshotMeta, bytes] | None = None
+        self._compact_through: Index | None = None
 
     # ------------------------------------------------------------------ driver interface
 
@@ -113,6 +162,7 @@ class RaftCore:
             bool(self._messages)
             or self.log.has_unstable
             or self.hard_state != self._handed_hard_state
+            or self._received_snapshot is not None
         )
 
     def take_ready(self) -> Ready:
@@ -127,7 +177,11 @@ class RaftCore:
         if self.log.has_unstable:
             first_index, entries = self.log.take_unstable()
         messages, self._messages = self._messages, []
+        snapshot, self._received_snapshot = self._received_snapshot, None
+        compact_through, self._compact_through = self._compact_through, None
         return Ready(
+            snapshot=snapshot,
+            compact_through=compact_through,
             hard_state=hard_state,
             first_index=first_index,
             entries=tuple(entries),
@@ -155,6 +209,37 @@ class RaftCore:
         reset, self._timer_reset = self._timer_reset, False
         return reset
 
+    def take_restore(self) -> tuple[SnapshotMeta, bytes] | None:
+        """A snapshot from the leader to restore the state machine from, before applying on.
+
+        Entries after it come from ``take_committed`` as usual.
+        """
+        restore, self._restore = self._restore, None
+        return restore
+
+    def snapshot_meta_at(self, index: Index) -> SnapshotMeta:
+        """The metadata of a snapshot of the state after applying entries up to ``index``."""
+        if not self.log.first_index - 1 <= index <= self.applied_index:
+            raise ValueError(f"no snapshot possible at {index}")
+        term = self.log.term_at(index)
+        assert term is not None
+        return SnapshotMeta(index=index, term=term, membership=self.membership)
+
+    def on_snapshot_saved(self, meta: SnapshotMeta) -> Index | None:
+        """A snapshot of this node's own state machine is durable: compact the log (§7).
+
+        Returns the index through which storage may now drop entries, if any. Keeps
+        ``trailing_entries`` behind the snapshot so slightly lagging followers need no snapshot.
+        """
+        if self.snapshot is not None and meta.index <= self.snapshot.index:
+            return None
+        self.snapshot = meta
+        through = min(meta.index - self.settings.trailing_entries, self.log.handed_index)
+        if through <= self.log.first_index - 1:
+            return None
+        self.log.compact(through)
+        return through
+
     def progress(self, peer: NodeId) -> Progress | None:
         """The leader's progress record for ``peer`` (None when not leader)."""
         return self._progress.get(peer)
@@ -178,6 +263,10 @@ class RaftCore:
             self.handle_request_vote_response(sender, message)
         elif isinstance(message, TimeoutNow):
             self.handle_timeout_now(sender, message)
+        elif isinstance(message, InstallSnapshot):
+            self.handle_install_snapshot(sender, message, now)
+        elif isinstance(message, InstallSnapshotResponse):
+            self.handle_install_snapshot_response(sender, message, now)
 
     def election_timeout(self) -> None:
         """The election timer expired: start a pre-vote, or an election (§5.2, §9.6)."""
@@ -215,27 +304,72 @@ class RaftCore:
         self.log.append((entry,))
         return entry
 
-    def replicate(self, peer: NodeId, *, heartbeat: bool = False) -> AppendEntries | None:
+    def replicate(
+        self, peer: NodeId, *, heartbeat: bool = False
+    ) -> AppendEntries | SnapshotNeeded | None:
         """Leader only: the next AppendEntries for ``peer``, or None if nothing is due.
 
         ``heartbeat`` asks for a message even if nothing new is pending (§5.2). In PROBE one
         message at a time is outstanding; in REPLICATE entries stream optimistically, at most
-        ``max_inflight_appends`` messages ahead of the follower's acknowledgements.
+        ``max_inflight_appends`` messages ahead of the follower's acknowledgements. A follower
+        that needs compacted entries gets the snapshot instead: ``SnapshotNeeded`` asks the
+        driver for the next chunk's bytes.
         """
         if self.role is not Role.LEADER:
             return None
         progress = self._progress.get(peer)
         if progress is None:
             return None
+        if progress.state is ReplicationState.SNAPSHOT or (
+            self.log.term_at(progress.next_index - 1) is None
+        ):
+            return self._next_snapshot_chunk(progress, heartbeat)
         message = self._next_append(progress, heartbeat)
         if message is not None:
             progress.commit_sent = message.leader_commit
         return message
 
+    def snapshot_chunk(
+        self, peer: NodeId, meta: SnapshotMeta, offset: int, data: bytes
+    ) -> InstallSnapshot | None:
+        """Wrap snapshot bytes the driver read (after ``SnapshotNeeded``) for ``peer``."""
+        progress = self._progress.get(peer)
+        if (
+            self.role is not Role.LEADER
+            or progress is None
+            or progress.state is not ReplicationState.SNAPSHOT
+            or self.snapshot != meta
+            or progress.snapshot_index != meta.index
+            or progress.snapshot_offset != offset
+        ):
+            return None  # things moved on while the driver was reading
+        progress.chunk_sent = True
+        return InstallSnapshot(
+            term=self.current_term,
+            leader_id=self.id,
+            last_included_index=meta.index,
+            last_included_term=meta.term,
+            membership=meta.membership,
+            offset=offset,
+            data=data,
+            done=offset + len(data) >= meta.size,
+        )
+
+    def _next_snapshot_chunk(self, progress: Progress, heartbeat: bool) -> SnapshotNeeded | None:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return None  # cannot happen: the log is only compacted behind a snapshot
+        if progress.state is not ReplicationState.SNAPSHOT or (
+            progress.snapshot_index != snapshot.index
+        ):
+            progress.become_snapshot(snapshot.index)
+        elif progress.chunk_sent and not heartbeat:
+            return None
+        size = min(self.settings.snapshot_chunk_bytes, snapshot.size - progress.snapshot_offset)
+        return SnapshotNeeded(meta=snapshot, offset=progress.snapshot_offset, size=max(size, 0))
+
     def _next_append(self, progress: Progress, heartbeat: bool) -> AppendEntries | None:
         prev_log_index = progress.next_index - 1
-        if self.log.term_at(prev_log_index) is None:
-            return None  # compacted away: the follower needs a snapshot instead
         if progress.state is ReplicationState.PROBE:
             if progress.probe_sent and not heartbeat:
                 return None
@@ -321,16 +455,7 @@ class RaftCore:
                 ),
             )
             return
-        if self.role is Role.LEADER and message.term == self.current_term:
-            raise SafetyViolation(
-                f"{self.id}: two leaders in term {self.current_term} ({message.leader_id})"
-            )
-        if message.term > self.current_term or self.role is not Role.FOLLOWER:
-            self.become_follower(message.term, message.leader_id)
-        self.leader_id = message.leader_id
-        self._pre_campaign = False
-        self._last_leader_contact = now
-        self._timer_reset = True
+        self._follow(message.term, message.leader_id, now)
 
         prev_log_index = message.prev_log_index
         entries = message.entries
@@ -402,6 +527,66 @@ class RaftCore:
         progress.probe_sent = False
         progress.next_index = max(min(next_index, message.reject_index), progress.match_index + 1)
 
+    def handle_install_snapshot(self, sender: NodeId, message: InstallSnapshot, now: float) -> None:
+        """Receive the leader's snapshot chunk by chunk; install it when complete (Figure 13)."""
+        index, term = message.last_included_index, message.last_included_term
+        if message.term < self.current_term:
+            self._send(
+                sender,
+                InstallSnapshotResponse(
+                    term=self.current_term, last_included_index=index, next_offset=0, done=False
+                ),
+            )
+            return
+        self._follow(message.term, message.leader_id, now)
+        if index <= self.commit_index:
+            # Everything it covers is already committed here; nothing to install.
+            self._incoming = None
+            self._answer_snapshot(sender, index, message.offset + len(message.data), done=True)
+            return
+        if message.offset == 0:
+            self._incoming = ((index, term), bytearray())
+        incoming = self._incoming
+        if incoming is None or incoming[0] != (index, term) or message.offset != len(incoming[1]):
+            held = len(incoming[1]) if incoming is not None and incoming[0] == (index, term) else 0
+            self._answer_snapshot(sender, index, held, done=False)
+            return
+        buffer = incoming[1]
+        buffer += message.data
+        if not message.done:
+            self._answer_snapshot(sender, index, len(buffer), done=False)
+            return
+        self._incoming = None
+        meta = SnapshotMeta(index=index, term=term, membership=message.membership, size=len(buffer))
+        self._install_snapshot(meta, bytes(buffer))
+        self._answer_snapshot(sender, index, len(buffer), done=True)
+
+    def handle_install_snapshot_response(
+        self, sender: NodeId, message: InstallSnapshotResponse, now: float
+    ) -> None:
+        """Advance a snapshot transfer; once installed, resume with the log after it."""
+        if message.term > self.current_term:
+            self.become_follower(message.term, None)
+            return
+        if self.role is not Role.LEADER or message.term != self.current_term:
+            return
+        progress = self._progress.get(sender)
+        if progress is None:
+            return
+        progress.last_contact = now
+        if progress.state is not ReplicationState.SNAPSHOT:
+            return
+        if message.last_included_index != progress.snapshot_index:
+            return  # about another snapshot: stale
+        if message.done:
+            progress.acknowledge(message.last_included_index)
+            progress.become_probe()
+            progress.next_index = progress.match_index + 1
+            self._maybe_commit()
+            return
+        progress.snapshot_offset = message.next_offset
+        progress.chunk_sent = False
+
     def handle_timeout_now(self, sender: NodeId, message: TimeoutNow) -> None:
         """The leader hands over leadership: campaign at once, past leader stickiness (§3.10)."""
         if message.term != self.current_term or self.id not in self.voters:
@@ -435,6 +620,48 @@ class RaftCore:
         self._maybe_commit()
 
     # ------------------------------------------------------------------ internals
+
+    def _follow(self, term: Term, leader_id: NodeId, now: float) -> None:
+        """Accept ``leader_id`` as the leader of ``term`` (which is >= current_term)."""
+        if self.role is Role.LEADER and term == self.current_term:
+            raise SafetyViolation(f"{self.id}: two leaders in term {term} ({leader_id})")
+        if term > self.current_term or self.role is not Role.FOLLOWER:
+            self.become_follower(term, leader_id)
+        self.leader_id = leader_id
+        self._pre_campaign = False
+        self._last_leader_contact = now
+        self._timer_reset = True
+
+    def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Replace state up to ``meta.index`` with the leader's snapshot (Figure 13, steps 6-8)."""
+        if meta.index <= self.log.last_index and self.log.term_at(meta.index) == meta.term:
+            # The log holds the snapshot's last entry: keep what follows it (step 6). Entries
+            # not yet handed to storage stay until they are; a later snapshot compacts them.
+            if meta.index <= self.log.handed_index:
+                self.log.compact(meta.index)
+        else:
+            self.log.reset(meta.index, meta.term)  # step 7: discard the entire log
+        # self.snapshot changes only once the driver saved it (on_snapshot_saved), so a leader
+        # never offers a snapshot that is not durable yet.
+        self.membership = meta.membership
+        self.voters = meta.membership.voters
+        self.commit_index = max(self.commit_index, meta.index)
+        self.applied_index = max(self.applied_index, meta.index)
+        self.persisted_index = max(self.persisted_index, meta.index)
+        self._received_snapshot = (meta, data)
+        self._restore = (meta, data)
+        self._compact_through = self.log.first_index - 1
+
+    def _answer_snapshot(self, to: NodeId, index: Index, next_offset: int, *, done: bool) -> None:
+        self._send(
+            to,
+            InstallSnapshotResponse(
+                term=self.current_term,
+                last_included_index=index,
+                next_offset=next_offset,
+                done=done,
+            ),
+        )
 
     def _in_lease(self, now: float) -> bool:
         if not self.settings.check_quorum:
@@ -544,3 +771,31 @@ class RaftCore:
 
     def _send(self, to: NodeId, message: Message) -> None:
         self._messages.append((to, message))
+
+
+def _recover_log(snapshot: SnapshotMeta | None, entries: Sequence[Entry]) -> RaftLog:
+    """Build the in-memory log from what storage returned, reconciled with its snapshot.
+
+    Entries kept behind the snapshot are used only if they contain the snapshot's last entry
+    with its term (then, by Log Matching, they are the committed history); otherwise the
+    stored log is stale (a crash between saving a received snapshot and truncating the log)
+    and only the snapshot counts.
+    """
+    if snapshot is None:
+        return RaftLog(entries)
+    entries = list(entries)
+    if not entries:
+        return RaftLog((), snapshot_index=snapshot.index, snapshot_term=snapshot.term)
+    first = entries[0].index
+    if first > snapshot.index + 1:
+        raise ValueError(
+            f"log starts at {first}, after the snapshot's index {snapshot.index} + 1: entries missing"
+        )
+    if first == snapshot.index + 1:
+        return RaftLog(entries, snapshot_index=snapshot.index, snapshot_term=snapshot.term)
+    position = snapshot.index - first
+    if position >= len(entries) or entries[position].term != snapshot.term:
+        return RaftLog((), snapshot_index=snapshot.index, snapshot_term=snapshot.term)
+    # The first stored entry becomes the compaction point: its term is known, the one before
+    # it is not.
+    return RaftLog(entries[1:], snapshot_index=first, snapshot_term=entries[0].term)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
 NodeId = str
@@ -81,6 +82,38 @@ class Membership:
             if member.id == node_id:
                 return member.address
         return None
+
+    def to_bytes(self) -> bytes:
+        """Encode for the log, snapshots and the wire (JSON: readable in a hex dump)."""
+        rows = [[member.id, member.address, member.voter] for member in self.members]
+        return json.dumps(rows, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Membership:
+        """Decode ``to_bytes`` output; raises ValueError on anything else."""
+        try:
+            rows = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"membership is not valid JSON: {exc}") from None
+        if not isinstance(rows, list):
+            raise ValueError("membership: expected a list of [id, address, voter]")
+        members = []
+        for row in rows:
+            if (
+                not isinstance(row, list)
+                or len(row) != 3
+                or not isinstance(row[0], str)
+                or not 0 < len(row[0]) <= 128
+                or not isinstance(row[1], str)
+                or len(row[1]) > 1024
+                or not isinstance(row[2], bool)
+            ):
+                raise ValueError(f"membership: bad member {str(row)[:80]!r}")
+            members.append(Member(id=row[0], address=row[1], voter=row[2]))
+        ids = [member.id for member in members]
+        if ids != sorted(set(ids)):
+            raise ValueError("membership: members must be unique and sorted by id")
+        return cls(members=tuple(members))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
