@@ -32,8 +32,8 @@ from ._types import (
     EntryKind,
     HardState,
     Index,
-    Membership,
     Member,
+    Membership,
     NodeId,
     Role,
     SnapshotMeta,
@@ -789,7 +789,7 @@ def _recover_log(snapshot: SnapshotMeta | None, entries: Sequence[Entry]) -> Raf
     first = entries[0].index
     if first > snapshot.index + 1:
         raise ValueError(
-            f"log starts at {first}, after the snapshot's index {snapshot.index} + 1: entries missing"
+            f"log starts at {first}, after snapshot index {snapshot.index} + 1: entries missing"
         )
     if first == snapshot.index + 1:
         return RaftLog(entries, snapshot_index=snapshot.index, snapshot_term=snapshot.term)
