@@ -55,6 +55,7 @@ def test_testing_exports() -> None:
         "MemoryNetwork",
         "RecordingStateMachine",
         "SafetyChecker",
+        "SimulatedDisk",
         "open_memory_cluster",
     }
 

@@ -2,6 +2,7 @@
 
 from ._cluster import MemoryCluster as MemoryCluster
 from ._cluster import open_memory_cluster as open_memory_cluster
+from ._disk import SimulatedDisk as SimulatedDisk
 from ._invariants import InvariantViolation as InvariantViolation
 from ._invariants import SafetyChecker as SafetyChecker
 from ._network import MemoryNetwork as MemoryNetwork

@@ -52,11 +52,13 @@ class MemoryCluster:
         state_machine_factory: Callable[[], StateMachine],
         config_overrides: dict[str, Any],
         seed: int,
+        storage_factory: Callable[[NodeId], MemoryStorage] | None = None,
     ) -> None:
         self.node_ids = node_ids
         self.network = network
         self.checker = SafetyChecker()
-        self.storages: dict[NodeId, MemoryStorage] = {i: MemoryStorage() for i in node_ids}
+        make_storage = storage_factory or (lambda node_id: MemoryStorage())
+        self.storages: dict[NodeId, MemoryStorage] = {i: make_storage(i) for i in node_ids}
         self.state_machines: dict[NodeId, StateMachine] = {}
         self._nursery = nursery
         self._factory = state_machine_factory
@@ -203,13 +205,15 @@ async def open_memory_cluster(
     network: MemoryNetwork | None = None,
     state_machine_factory: Callable[[], StateMachine] = RecordingStateMachine,
     start: bool = True,
+    storage_factory: Callable[[NodeId], MemoryStorage] | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[MemoryCluster]:
     """Run ``size`` nodes (``n1`` .. ``nN``) on an in-memory network, all in this program.
 
     Meant for ``trio.testing.MockClock(autojump_threshold=0)``: elections and timeouts then
     pass in virtual time, and ``seed`` makes the nodes' randomness replayable.
-    ``config_overrides`` are RaftConfig fields applied to every node.
+    ``config_overrides`` are RaftConfig fields applied to every node. ``storage_factory``
+    makes each node's storage (default: MemoryStorage; see SimulatedDisk).
     """
     if network is None:
         network = MemoryNetwork(seed=seed)
@@ -222,6 +226,7 @@ async def open_memory_cluster(
             state_machine_factory=state_machine_factory,
             config_overrides=dict(config_overrides),
             seed=seed,
+            storage_factory=storage_factory,
         )
         if start:
             for node_id in node_ids:
