@@ -325,6 +325,7 @@ class RaftNode:
                         async with self._snapshot_lock:
                             await self._storage.save_snapshot(meta, data)
                             core.on_snapshot_saved(meta)
+                        self._notify_state_changed()
                     async with self._log_lock:
                         if ready.compact_through is not None:
                             await self._storage.compact(ready.compact_through)
@@ -428,6 +429,7 @@ class RaftNode:
                 async with self._log_lock:
                     await self._storage.compact(through)
             logger.info("%s: snapshot up to index %d saved", self.id, meta.index)
+            self._notify_state_changed()
         except OSError as exc:
             logger.error("%s: could not save a snapshot: %s", self.id, exc)
         finally:
