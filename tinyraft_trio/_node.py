@@ -357,7 +357,12 @@ class RaftNode:
             self._timer_scope.deadline = math.inf
         self._election_deadline = math.inf
         for waiter in self._waiters.values():
-            waiter.resolve(error=StorageFailedError(self._storage_error))
+            waiter.resolve(
+                error=LeadershipLostError(
+                    f"storage failed ({self._storage_error}); outcome unknown: followers "
+                    "may have committed the command"
+                )
+            )
         self._waiters.clear()
         self._notify_state_changed()
 
