@@ -10,6 +10,9 @@ import tinyraft_trio
 import tinyraft_trio.testing
 
 PUBLIC = {
+    "DataDirLockedError",
+    "FileStorage",
+    "StorageCorruptedError",
     "LeadershipLostError",
     "MemberStatus",
     "MemoryStorage",
@@ -61,7 +64,14 @@ def test_testing_exports() -> None:
 
 
 def test_errors_share_one_base_class() -> None:
-    for name in ("NotLeaderError", "LeadershipLostError", "NodeClosedError", "StorageFailedError"):
+    for name in (
+        "NotLeaderError",
+        "LeadershipLostError",
+        "NodeClosedError",
+        "StorageFailedError",
+        "StorageCorruptedError",
+        "DataDirLockedError",
+    ):
         assert issubclass(getattr(tinyraft_trio, name), tinyraft_trio.RaftError)
 
 

@@ -16,8 +16,11 @@ from ._open import open_raft_node as open_raft_node
 from ._state_machine import StateMachine as StateMachine
 from ._status import MemberStatus as MemberStatus
 from ._status import NodeStatus as NodeStatus
+from ._storage import DataDirLockedError as DataDirLockedError
+from ._storage import FileStorage as FileStorage
 from ._storage import MemoryStorage as MemoryStorage
 from ._storage import Storage as Storage
+from ._storage import StorageCorruptedError as StorageCorruptedError
 from ._transport import TcpTransport as TcpTransport
 from ._transport import Transport as Transport
 

@@ -12,7 +12,7 @@ import trio
 from ._config import RaftConfig
 from ._node import RaftNode
 from ._state_machine import StateMachine
-from ._storage import MemoryStorage, Storage
+from ._storage import FileStorage, MemoryStorage, Storage
 from ._transport import TcpTransport, Transport
 
 if sys.version_info < (3, 11):
@@ -36,11 +36,18 @@ async def open_raft_node(
     Args:
         config: the node's configuration.
         state_machine: the user's deterministic state machine.
-        storage: where the node persists its state; in memory by default.
+        storage: where the node persists its state: by default a FileStorage in
+            ``config.data_dir`` if set (durable), else in memory.
         transport: how it reaches peers; msgpack over TCP on ``config.listen`` by default.
     """
+    owned_storage: FileStorage | None = None
     if storage is None:
-        storage = MemoryStorage()
+        if config.data_dir is not None:
+            storage = owned_storage = FileStorage(
+                config.data_dir, segment_bytes=config.segment_bytes
+            )
+        else:
+            storage = MemoryStorage()
     if transport is None:
         transport = TcpTransport(
             listen=config.listen,
@@ -62,3 +69,7 @@ async def open_raft_node(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+    finally:
+        if owned_storage is not None:
+            with trio.move_on_after(5, shield=True):
+                await owned_storage.close()
