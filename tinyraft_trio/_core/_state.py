@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._log import RaftLog
+from ._membership import ConfigurationHistory
 from ._messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -118,8 +119,6 @@ class RaftCore:
             membership = Membership(members=tuple(Member(id=i, address="") for i in ids))
         if snapshot is not None:
             membership = snapshot.membership
-        self.membership = membership
-        self.voters: frozenset[NodeId] = membership.voters
         hard_state = hard_state or HardState()
         # Persistent state (Figure 2); written by the driver before any dependent message.
         self.current_term: Term = hard_state.current_term
@@ -127,6 +126,11 @@ class RaftCore:
         # The latest durable snapshot; Invariant: snapshot.index <= commit_index.
         self.snapshot = snapshot
         self.log = _recover_log(snapshot, entries)
+        self._configs = ConfigurationHistory(membership, snapshot.index if snapshot else 0)
+        self._configs.appended(self.log.slice(self.log.first_index, self.log.last_index + 1))
+        # The latest configuration in the log, committed or not (§4.1).
+        self.membership = self._configs.latest
+        self.voters: frozenset[NodeId] = self.membership.voters
         # Volatile state.
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
@@ -149,6 +153,8 @@ class RaftCore:
         self._received_snapshot: tuple[SnapshotMeta, bytes] | None = None
         self._restore: tuple[SnapshotMeta, bytes] | None = None
         self._compact_through: Index | None = None
+        # Leadership transfer in progress (§3.10): no new commands meanwhile.
+        self.transfer_target: NodeId | None = None
 
     # ------------------------------------------------------------------ driver interface
 
@@ -223,7 +229,7 @@ class RaftCore:
             raise ValueError(f"no snapshot possible at {index}")
         term = self.log.term_at(index)
         assert term is not None
-        return SnapshotMeta(index=index, term=term, membership=self.membership)
+        return SnapshotMeta(index=index, term=term, membership=self._configs.at(index))
 
     def on_snapshot_saved(self, meta: SnapshotMeta) -> Index | None:
         """A snapshot of this node's own state machine is durable: compact the log (§7).
@@ -238,6 +244,7 @@ class RaftCore:
         if through <= self.log.first_index - 1:
             return None
         self.log.compact(through)
+        self._configs.compacted(through)
         return through
 
     def progress(self, peer: NodeId) -> Progress | None:
@@ -246,8 +253,23 @@ class RaftCore:
 
     @property
     def peers(self) -> list[NodeId]:
-        """The other voters, sorted."""
+        """The other members (voters and learners), sorted: everyone the leader replicates to."""
+        return sorted(self.membership.ids - {self.id})
+
+    @property
+    def voter_peers(self) -> list[NodeId]:
+        """The other voters, sorted: everyone a candidate asks for a vote."""
         return sorted(self.voters - {self.id})
+
+    @property
+    def membership_index(self) -> Index:
+        """The index of the entry that set the configuration in force (0: the initial one)."""
+        return self._configs.latest_index
+
+    @property
+    def membership_change_pending(self) -> bool:
+        """Whether the configuration in force is not yet committed."""
+        return self._configs.latest_index > self.commit_index
 
     # ------------------------------------------------------------------ inputs
 
@@ -302,7 +324,37 @@ class RaftCore:
             raise RuntimeError("propose() called on a node that is not the leader")
         entry = Entry(term=self.current_term, index=self.log.last_index + 1, kind=kind, data=data)
         self.log.append((entry,))
+        if self._configs.appended((entry,)):
+            self._configuration_changed()
         return entry
+
+    def propose_membership(self, membership: Membership) -> Entry:
+        """Leader only: append a configuration change, in force at once (§4.1).
+
+        One change at a time: refused while the previous one is uncommitted, and until an
+        entry of this leader's term is committed (the fix of §4.1 for single-server changes).
+        The caller makes sure the change adds or removes at most one voter.
+        """
+        if self.role is not Role.LEADER:
+            raise RuntimeError("propose_membership() called on a node that is not the leader")
+        if self.membership_change_pending:
+            raise ValueError("a membership change is already in progress")
+        if self.log.term_at(self.commit_index) != self.current_term:
+            raise ValueError("the leader has not committed an entry of its term yet")
+        return self.propose(membership.to_bytes(), EntryKind.CONFIG)
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Leader only: hand leadership to ``target`` once its log is up to date (§3.10)."""
+        if self.role is not Role.LEADER:
+            raise RuntimeError("transfer_leadership() called on a node that is not the leader")
+        if target == self.id or target not in self.voters:
+            raise ValueError(f"{target!r} is not another voter")
+        self.transfer_target = target
+        self._maybe_send_timeout_now()
+
+    def abort_transfer(self) -> None:
+        """Give up a leadership transfer (it timed out): accept commands again."""
+        self.transfer_target = None
 
     def replicate(
         self, peer: NodeId, *, heartbeat: bool = False
@@ -511,6 +563,8 @@ class RaftCore:
                 progress.become_replicate()
             if advanced:
                 self._maybe_commit()
+                if sender == self.transfer_target:
+                    self._maybe_send_timeout_now()
             return
         if progress.state is ReplicationState.REPLICATE:
             if message.reject_index <= progress.match_index:
@@ -608,6 +662,7 @@ class RaftCore:
         self._votes = {}
         self._progress = {}
         self._timer_reset = True
+        self.transfer_target = None
 
     def become_leader(self) -> None:
         """Take office: reset every follower's progress and append a no-op (§5.4.2, §8)."""
@@ -639,12 +694,13 @@ class RaftCore:
             # not yet handed to storage stay until they are; a later snapshot compacts them.
             if meta.index <= self.log.handed_index:
                 self.log.compact(meta.index)
+                self._configs.compacted(meta.index)
         else:
             self.log.reset(meta.index, meta.term)  # step 7: discard the entire log
+            self._configs.reset(meta.membership, meta.index)
         # self.snapshot changes only once the driver saved it (on_snapshot_saved), so a leader
         # never offers a snapshot that is not durable yet.
-        self.membership = meta.membership
-        self.voters = meta.membership.voters
+        self._configuration_changed()
         self.commit_index = max(self.commit_index, meta.index)
         self.applied_index = max(self.applied_index, meta.index)
         self.persisted_index = max(self.persisted_index, meta.index)
@@ -662,6 +718,28 @@ class RaftCore:
                 done=done,
             ),
         )
+
+    def _configuration_changed(self) -> None:
+        """Put the latest configuration in force: quorums, and the leader's followers."""
+        self.membership = self._configs.latest
+        self.voters = self.membership.voters
+        if self.role is Role.LEADER:
+            for peer in self.peers:
+                if peer not in self._progress:
+                    self._progress[peer] = Progress(self.log.last_index + 1)
+            for peer in list(self._progress):
+                if peer not in self.membership.ids:
+                    del self._progress[peer]
+            if self.transfer_target is not None and self.transfer_target not in self.voters:
+                self.transfer_target = None
+
+    def _maybe_send_timeout_now(self) -> None:
+        target = self.transfer_target
+        progress = self._progress.get(target) if target is not None else None
+        if target is not None and progress is not None and (
+            progress.match_index == self.log.last_index
+        ):
+            self._send(target, TimeoutNow(term=self.current_term, leader_id=self.id))
 
     def _in_lease(self, now: float) -> bool:
         if not self.settings.check_quorum:
@@ -706,7 +784,7 @@ class RaftCore:
             pre_vote=pre_vote,
             transfer=transfer,
         )
-        for peer in self.peers:
+        for peer in self.voter_peers:
             self._send(peer, request)
 
     def _reject(
@@ -729,6 +807,8 @@ class RaftCore:
             return
         if entries[0].index == self.log.last_index + 1:
             self.log.append(entries)
+            if self._configs.appended(entries):
+                self._configuration_changed()
             return
         for position, entry in enumerate(entries):
             local_term = self.log.term_at(entry.index)
@@ -741,7 +821,12 @@ class RaftCore:
                     )
                 self.log.truncate_from(entry.index)
                 self.persisted_index = min(self.persisted_index, entry.index - 1)
+                truncated = self._configs.truncated(entry.index)
+            else:
+                truncated = False
             self.log.append(entries[position:])
+            if self._configs.appended(entries[position:]) or truncated:
+                self._configuration_changed()
             return
 
     def _maybe_commit(self) -> None:
@@ -751,6 +836,9 @@ class RaftCore:
         index = committed_index(self.voters, matches)
         if index > self.commit_index and self.log.term_at(index) == self.current_term:
             self.commit_index = index
+            if self.id not in self.voters and not self.membership_change_pending:
+                # This leader's removal (or demotion) is committed: hand over (§4.2.2).
+                self.become_follower(self.current_term, None)
 
     def _entries_from(self, next_index: Index) -> list[Entry]:
         return self.log.slice(
