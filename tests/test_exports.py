@@ -10,6 +10,8 @@ import tinyraft_trio
 import tinyraft_trio.testing
 
 PUBLIC = {
+    "LeadershipTransferError",
+    "MembershipChangeError",
     "DataDirLockedError",
     "FileStorage",
     "StorageCorruptedError",
@@ -71,6 +73,8 @@ def test_errors_share_one_base_class() -> None:
         "StorageFailedError",
         "StorageCorruptedError",
         "DataDirLockedError",
+        "MembershipChangeError",
+        "LeadershipTransferError",
     ):
         assert issubclass(getattr(tinyraft_trio, name), tinyraft_trio.RaftError)
 

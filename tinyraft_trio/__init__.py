@@ -7,6 +7,8 @@ from ._config import RaftConfig as RaftConfig
 from ._core._types import NodeId as NodeId
 from ._core._types import Role as Role
 from ._exceptions import LeadershipLostError as LeadershipLostError
+from ._exceptions import LeadershipTransferError as LeadershipTransferError
+from ._exceptions import MembershipChangeError as MembershipChangeError
 from ._exceptions import NodeClosedError as NodeClosedError
 from ._exceptions import NotLeaderError as NotLeaderError
 from ._exceptions import RaftError as RaftError

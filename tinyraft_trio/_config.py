@@ -78,6 +78,13 @@ class RaftConfig:
         trailing_entries: entries kept in the log behind a snapshot, so a follower that is
             only slightly behind catches up from the log rather than from a snapshot.
         snapshot_chunk_bytes: most snapshot bytes in one InstallSnapshot message.
+        promote_within_entries: a learner added as a voter is promoted once its log is
+            within this many entries of the leader's.
+        bootstrap: with no existing state, form a one-node cluster of this node. (A node
+            with neither ``peers`` nor ``join`` does this too.)
+        join: addresses of existing members to ask to add this node; with no existing state
+            and no ``peers``, the node waits to be added instead of forming a cluster.
+        voter: join as a voter (after catching up as a learner) or stay a learner.
     """
 
     node_id: NodeId
@@ -97,6 +104,10 @@ class RaftConfig:
     snapshot_threshold: int = 8192
     trailing_entries: int = 1024
     snapshot_chunk_bytes: int = 1024 * 1024
+    promote_within_entries: int = 64
+    bootstrap: bool = False
+    join: tuple[str, ...] = ()
+    voter: bool = True
 
     def __post_init__(self) -> None:
         _check_node_id("node_id", self.node_id)
@@ -140,6 +151,20 @@ class RaftConfig:
         _check_int_range(
             "snapshot_chunk_bytes", self.snapshot_chunk_bytes, 1, self.max_frame_bytes - 4096
         )
+        _check_int_range("promote_within_entries", self.promote_within_entries, 0, 1 << 40)
+        if not isinstance(self.bootstrap, bool):
+            raise ValueError(f"bootstrap: expected true or false, got {self.bootstrap!r}")
+        if not isinstance(self.voter, bool):
+            raise ValueError(f"voter: expected true or false, got {self.voter!r}")
+        if isinstance(self.join, str):
+            object.__setattr__(self, "join", tuple(a for a in self.join.split(",") if a))
+        object.__setattr__(self, "join", tuple(self.join))
+        for address in self.join:
+            if not isinstance(address, str):
+                raise ValueError(f"join: expected 'host:port' addresses, got {address!r}")
+            parse_address(address, field_name="join")
+        if self.bootstrap and (self.join or self.peers):
+            raise ValueError("bootstrap: a bootstrapping node takes neither peers nor join")
         if self.seed is not None:
             _check_int_range("seed", self.seed, -(2**63), 2**63 - 1)
 
@@ -158,8 +183,9 @@ class RaftConfig:
 
         ``NODE_ID``, ``NODE_LISTEN_ADDR``, ``NODE_ADVERTISE_ADDR``, ``RAFT_TIMEOUT_MS`` (the
         election timeout in milliseconds; the heartbeat interval becomes a fifth of it),
-        ``RAFT_DATA_DIR`` and ``RAFT_PEERS`` (``id=host:port,...``). Keyword arguments win
-        over the environment.
+        ``RAFT_DATA_DIR``, ``RAFT_BOOTSTRAP``, ``RAFT_JOIN`` (``host:port,...``),
+        ``RAFT_VOTER`` (``true``/``false``) and ``RAFT_PEERS`` (``id=host:port,...``).
+        Keyword arguments win over the environment.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -177,6 +203,12 @@ class RaftConfig:
             values["heartbeat_interval"] = int(text) / 5000
         if env.get("RAFT_DATA_DIR"):
             values["data_dir"] = env["RAFT_DATA_DIR"]
+        if env.get("RAFT_BOOTSTRAP"):
+            values["bootstrap"] = _parse_bool(env["RAFT_BOOTSTRAP"], "RAFT_BOOTSTRAP")
+        if env.get("RAFT_JOIN"):
+            values["join"] = tuple(a.strip() for a in env["RAFT_JOIN"].split(",") if a.strip())
+        if env.get("RAFT_VOTER"):
+            values["voter"] = _parse_bool(env["RAFT_VOTER"], "RAFT_VOTER")
         if env.get("RAFT_PEERS"):
             values["peers"] = parse_peers(env["RAFT_PEERS"], field_name="RAFT_PEERS")
         values.update(overrides)
@@ -198,3 +230,12 @@ def parse_peers(text: str, *, field_name: str) -> dict[NodeId, str]:
         parse_address(address, field_name=field_name)
         peers[peer_id] = address
     return peers
+
+
+def _parse_bool(text: str, field_name: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{field_name}: expected true or false, got {text!r}")

@@ -45,3 +45,15 @@ class StorageFailedError(RaftError):
 
     Nothing the node could not write was acknowledged. Fix the disk and restart the node.
     """
+
+
+class MembershipChangeError(RaftError):
+    """A membership change was refused; the membership is unchanged.
+
+    For example: another change is still in progress, the id is unknown, the id belongs to
+    another live member, or the leader has not yet committed an entry of its term.
+    """
+
+
+class LeadershipTransferError(RaftError):
+    """Leadership could not be handed over in time; this node still leads."""

@@ -22,11 +22,28 @@ from typing import Protocol
 
 import trio
 
-from ._config import RaftConfig
+from ._config import RaftConfig, parse_address
 from ._core._messages import Message
 from ._core._state import CoreSettings, RaftCore, SnapshotNeeded
-from ._core._types import Entry, EntryKind, Index, Membership, NodeId, Role, SnapshotMeta, Term
-from ._exceptions import LeadershipLostError, NodeClosedError, NotLeaderError, StorageFailedError
+from ._core._types import (
+    Entry,
+    EntryKind,
+    Index,
+    Member,
+    Membership,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    Term,
+)
+from ._exceptions import (
+    LeadershipLostError,
+    LeadershipTransferError,
+    MembershipChangeError,
+    NodeClosedError,
+    NotLeaderError,
+    StorageFailedError,
+)
 from ._state_machine import StateMachine
 from ._status import MemberStatus, NodeStatus
 from ._storage import Storage
@@ -109,9 +126,11 @@ class RaftNode:
         self._transport = transport
         self._observer = observer
         self._random = random.Random(config.seed)
-        self._members: dict[NodeId, str] = dict(config.peers) or {
-            config.node_id: config.advertise_address
-        }
+        # The initial configuration, used only if storage holds none (§ "Bootstrap" in
+        # the README): the peers; else this node alone; or, when joining, nobody yet.
+        self._members: dict[NodeId, str] = dict(config.peers)
+        if not self._members and not config.join:
+            self._members = {config.node_id: config.advertise_address}
         self._core: RaftCore | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -139,6 +158,7 @@ class RaftNode:
         self._snapshot_in_progress = False
         self._snapshot_done = trio.Event()
         self._storage_error: str | None = None
+        self._progress_changed = trio.Event()
 
     # ------------------------------------------------------------------ public API
 
@@ -166,23 +186,111 @@ class RaftNode:
         limit = self.config.max_frame_bytes - 4096
         if len(command) > limit:
             raise ValueError(f"command of {len(command)} bytes exceeds the limit of {limit}")
-        core = self._running_core()
-        if self._storage_error is not None:
-            raise StorageFailedError(self._storage_error)
-        if core.role is not Role.LEADER:
-            raise NotLeaderError(core.leader_id, self._address_of(core.leader_id))
-        entry = core.propose(bytes(command))
-        waiter = _Waiter(entry.term)
-        self._waiters[entry.index] = waiter
+        core = self._require_leader()
+        return await self._wait_applied_entry(core.propose(bytes(command)))
+
+    async def add_member(self, node_id: NodeId, address: str, *, voter: bool = True) -> None:
+        """Add ``node_id`` at ``address`` to the cluster (leader only).
+
+        A new voter joins as a learner first and is promoted once its log is within
+        ``promote_within_entries`` of the leader's, so adding a node never stalls commits.
+        Adding a member that already has this address and role changes nothing; a known id
+        with a new address gets the new address (refused while the old one is live).
+
+        Raises:
+            NotLeaderError: this node does not lead.
+            MembershipChangeError: the change was refused; the membership is unchanged.
+            LeadershipLostError: leadership was lost before the change committed.
+
+        Cancellation: a change already appended may still commit (as a learner, say).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        _check_member_id(node_id)
+        parse_address(address, field_name="address")
+        core = self._require_leader()
+        existing = next((m for m in core.membership.members if m.id == node_id), None)
+        if existing is not None and existing.address != address:
+            progress = core.progress(node_id)
+            contact = progress.last_contact if progress is not None else None
+            if contact is not None and trio.current_time() - contact < self.config.election_timeout:
+                raise MembershipChangeError(
+                    f"{node_id!r} is a live member at {existing.address}; remove it first"
+                )
+        if existing is None or existing.address != address:
+            learner = Member(
+                id=node_id, address=address, voter=existing is not None and existing.voter
+            )
+            await self._change_membership(core, _with_member(core.membership, learner))
+        if voter and not self._is_voter(node_id):
+            await self._wait_caught_up(node_id)
+            promoted = Member(id=node_id, address=address, voter=True)
+            await self._change_membership(
+                self._require_leader(), _with_member(self._running_core().membership, promoted)
+            )
+        elif not voter and self._is_voter(node_id):
+            demoted = Member(id=node_id, address=address, voter=False)
+            core = self._require_leader()
+            await self._change_membership(core, _with_member(core.membership, demoted))
+
+    async def remove_member(self, node_id: NodeId) -> None:
+        """Remove ``node_id`` from the cluster (leader only); the leader may remove itself.
+
+        Returns once the change committed. A removed leader steps down then, and the others
+        elect a new leader; a removed node stops campaigning.
+
+        Raises:
+            NotLeaderError: this node does not lead.
+            MembershipChangeError: unknown id, the last voter, or another change pending.
+            LeadershipLostError: leadership was lost before the change committed.
+
+        Cancellation: the change may still commit.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        core = self._require_leader()
+        if node_id not in core.membership.ids:
+            raise MembershipChangeError(f"{node_id!r} is not a member")
+        remaining = Membership(members=tuple(m for m in core.membership.members if m.id != node_id))
+        if not remaining.voters:
+            raise MembershipChangeError("cannot remove the last voter")
+        await self._change_membership(core, remaining)
+
+    async def transfer_leadership(self, to: NodeId | None = None) -> NodeId:
+        """Hand leadership to ``to`` (default: the most caught-up voter); return the new leader.
+
+        The leader stops accepting commands, brings the target up to date and sends it
+        TimeoutNow (§3.10); the target then wins an election at once.
+
+        Raises:
+            NotLeaderError: this node does not lead.
+            LeadershipTransferError: no other voter, or the target did not take over within
+                an election timeout; this node then leads on and accepts commands again.
+
+        Cancellation: the transfer is abandoned; this node leads on.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        core = self._require_leader()
+        term = core.current_term
+        target = to if to is not None else self._best_transfer_target(core)
+        if target is None:
+            raise LeadershipTransferError("there is no other voter to hand leadership to")
+        try:
+            core.transfer_leadership(target)
+        except ValueError as exc:
+            raise LeadershipTransferError(str(exc)) from None
         self._after_core()
         try:
-            await waiter.done.wait()
+            with trio.move_on_after(self.config.election_timeout):
+                while not (core.current_term > term and core.leader_id is not None):
+                    await self._state_changed.wait()
+                    self._running_core()
+                return core.leader_id
         finally:
-            if self._waiters.get(entry.index) is waiter:
-                del self._waiters[entry.index]
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
+            if core.role is Role.LEADER and core.current_term == term:
+                core.abort_transfer()
+        raise LeadershipTransferError(
+            f"{target!r} did not take over within {self.config.election_timeout} s; "
+            f"{self.id!r} leads on"
+        )
 
     async def wait_for_leader(self) -> NodeId:
         """Wait until this node knows a leader, and return its id.
@@ -236,15 +344,80 @@ class RaftNode:
             commit_index=core.commit_index,
             last_applied=self._last_applied,
             last_log_index=core.log.last_index,
-            members=tuple(
-                MemberStatus(id=member, address=address, voter=member in core.voters)
-                for member, address in sorted(self._members.items())
-            ),
+            members=tuple(self._member_status(core, member) for member in core.membership.members),
             rejected_connections=self._transport.statistics().connections_rejected,
             ignored_messages=self._ignored_messages,
             snapshot_index=core.snapshot.index if core.snapshot is not None else 0,
             storage_error=self._storage_error,
         )
+
+    def _member_status(self, core: RaftCore, member: Member) -> MemberStatus:
+        progress = core.progress(member.id)
+        contact = progress.last_contact if progress is not None else None
+        return MemberStatus(
+            id=member.id,
+            address=member.address or self._members.get(member.id),
+            voter=member.voter,
+            match_index=progress.match_index if progress is not None else None,
+            last_contact=None if contact is None else trio.current_time() - contact,
+        )
+
+    # ------------------------------------------------------------------ helpers of the API
+
+    def _require_leader(self) -> RaftCore:
+        core = self._running_core()
+        if self._storage_error is not None:
+            raise StorageFailedError(self._storage_error)
+        if core.role is not Role.LEADER:
+            raise NotLeaderError(core.leader_id, self._address_of(core.leader_id))
+        if core.transfer_target is not None:
+            # Leadership is being handed over: send commands to the next leader.
+            target = core.transfer_target
+            raise NotLeaderError(target, self._address_of(target))
+        return core
+
+    async def _wait_applied_entry(self, entry: Entry) -> object:
+        waiter = _Waiter(entry.term)
+        self._waiters[entry.index] = waiter
+        self._after_core()
+        try:
+            await waiter.done.wait()
+        finally:
+            if self._waiters.get(entry.index) is waiter:
+                del self._waiters[entry.index]
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    async def _change_membership(self, core: RaftCore, membership: Membership) -> None:
+        try:
+            entry = core.propose_membership(membership)
+        except ValueError as exc:
+            raise MembershipChangeError(str(exc)) from None
+        logger.info("%s: membership change at index %d: %s", self.id, entry.index, membership)
+        await self._wait_applied_entry(entry)
+
+    def _is_voter(self, node_id: NodeId) -> bool:
+        return node_id in self._running_core().voters
+
+    async def _wait_caught_up(self, node_id: NodeId) -> None:
+        """Wait until a learner's log is close enough to the leader's to promote it."""
+        while True:
+            core = self._require_leader()
+            progress = core.progress(node_id)
+            if progress is None:
+                raise MembershipChangeError(f"{node_id!r} is no longer a member")
+            if progress.match_index >= core.log.last_index - self.config.promote_within_entries:
+                return
+            await self._progress_changed.wait()
+
+    def _best_transfer_target(self, core: RaftCore) -> NodeId | None:
+        candidates = []
+        for peer in core.voter_peers:
+            progress = core.progress(peer)
+            if progress is not None:
+                candidates.append((progress.match_index, progress.last_contact or 0.0, peer))
+        return max(candidates)[2] if candidates else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -518,7 +691,8 @@ class RaftNode:
         core = self._core
         if core is None or self._closed or self._storage_error is not None:
             return
-        if sender not in self._members or sender == self.id:
+        known = core.membership.ids
+        if (known and sender not in known and sender not in self._members) or sender == self.id:
             self._ignored_messages += 1
             logger.warning(
                 "%s: ignored %s from non-member %r", self.id, type(message).__name__, sender
@@ -536,6 +710,9 @@ class RaftNode:
             )
             return
         core.handle_message(sender, message, trio.current_time())
+        if core.role is Role.LEADER:
+            self._progress_changed.set()
+            self._progress_changed = trio.Event()
         replicator = self._replicators.get(sender)
         if replicator is not None:
             replicator.wake.set()  # the answer may open the window or rewind the follower
@@ -614,9 +791,26 @@ class RaftNode:
     def _address_of(self, node_id: NodeId | None) -> str | None:
         if node_id is None:
             return None
+        if self._core is not None:
+            address = self._core.membership.address_of(node_id)
+            if address:
+                return address
         return self._members.get(node_id)
 
     def _running_core(self) -> RaftCore:
         if self._core is None or self._closed:
             raise NodeClosedError("the node is not running")
         return self._core
+
+
+def _with_member(membership: Membership, member: Member) -> Membership:
+    """``membership`` with ``member`` added, or replacing the member of the same id."""
+    others = [m for m in membership.members if m.id != member.id]
+    return Membership(members=tuple(sorted([*others, member], key=lambda m: m.id)))
+
+
+def _check_member_id(node_id: object) -> None:
+    if not isinstance(node_id, str) or not 0 < len(node_id) <= 128 or not node_id.isprintable():
+        raise MembershipChangeError(f"invalid node id {node_id!r}")
+    if any(ch.isspace() for ch in node_id) or "=" in node_id or "," in node_id:
+        raise MembershipChangeError(f"invalid node id {node_id!r}")

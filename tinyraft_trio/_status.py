@@ -14,6 +14,10 @@ class MemberStatus:
     id: NodeId
     address: str | None
     voter: bool = True
+    match_index: Index | None = None
+    """On the leader: the last index known to be replicated on this member."""
+    last_contact: float | None = None
+    """On the leader: seconds since this member last answered (None: not yet)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

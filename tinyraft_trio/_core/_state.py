@@ -736,8 +736,10 @@ class RaftCore:
     def _maybe_send_timeout_now(self) -> None:
         target = self.transfer_target
         progress = self._progress.get(target) if target is not None else None
-        if target is not None and progress is not None and (
-            progress.match_index == self.log.last_index
+        if (
+            target is not None
+            and progress is not None
+            and (progress.match_index == self.log.last_index)
         ):
             self._send(target, TimeoutNow(term=self.current_term, leader_id=self.id))
 
