@@ -84,11 +84,12 @@ class _Signal:
 class _Replicator:
     """A replicator task's inbox: woken on news for its follower, or when a heartbeat is due."""
 
-    __slots__ = ("heartbeat_due", "wake")
+    __slots__ = ("heartbeat_due", "scope", "wake")
 
     def __init__(self) -> None:
         self.wake = _Signal()
         self.heartbeat_due = True
+        self.scope = trio.CancelScope()
 
 
 class _Waiter:
@@ -140,6 +141,8 @@ class RaftNode:
         self._ready_signal = _Signal()
         self._apply_signal = _Signal()
         self._replicators: dict[NodeId, _Replicator] = {}
+        self._leader_nursery: trio.Nursery | None = None
+        self._seen_membership: Membership | None = None
         self._leader_scope: trio.CancelScope | None = None
         self._timer_scope: trio.CancelScope | None = None
         self._election_deadline = math.inf
@@ -390,6 +393,10 @@ class RaftNode:
         return waiter.result
 
     async def _change_membership(self, core: RaftCore, membership: Membership) -> None:
+        # A new leader first commits an entry of its term (its no-op): the fix of §4.1.
+        while core.log.term_at(core.commit_index) != core.current_term:
+            await self._applied_changed.wait()
+            core = self._require_leader()
         try:
             entry = core.propose_membership(membership)
         except ValueError as exc:
@@ -407,7 +414,8 @@ class RaftNode:
             progress = core.progress(node_id)
             if progress is None:
                 raise MembershipChangeError(f"{node_id!r} is no longer a member")
-            if progress.match_index >= core.log.last_index - self.config.promote_within_entries:
+            caught_up = core.log.last_index - self.config.promote_within_entries
+            if progress.last_contact is not None and progress.match_index >= caught_up:
                 return
             await self._progress_changed.wait()
 
@@ -638,32 +646,47 @@ class RaftNode:
 
     async def _lead(self, scope: trio.CancelScope, term: Term) -> None:
         """Do a leader's work for ``term`` until ``scope`` is cancelled (step-down)."""
-        core = self._running_core()
         with scope:
             async with trio.open_nursery() as nursery:
-                for peer in core.peers:
-                    nursery.start_soon(self._replicate_to, peer)
-                nursery.start_soon(self._tick_heartbeats)
-                nursery.start_soon(self._watch_quorum)
+                self._leader_nursery = nursery
+                try:
+                    self._sync_replicators()
+                    nursery.start_soon(self._tick_heartbeats)
+                    nursery.start_soon(self._watch_quorum)
+                    await trio.sleep_forever()
+                finally:
+                    self._leader_nursery = None
 
-    async def _replicate_to(self, peer: NodeId) -> None:
+    def _sync_replicators(self) -> None:
+        """One replicator per member while leading: start new members', stop removed ones'."""
+        nursery = self._leader_nursery
+        if nursery is None:
+            return
+        peers = set(self._running_core().peers)
+        for peer in peers - self._replicators.keys():
+            replicator = self._replicators[peer] = _Replicator()
+            nursery.start_soon(self._replicate_to, peer, replicator)
+        for peer in self._replicators.keys() - peers:
+            self._replicators.pop(peer).scope.cancel()
+
+    async def _replicate_to(self, peer: NodeId, replicator: _Replicator) -> None:
         """Keep one follower's log in step: pipelined AppendEntries, heartbeats when due."""
         core = self._running_core()
-        replicator = self._replicators[peer] = _Replicator()
         try:
-            while True:
-                heartbeat, replicator.heartbeat_due = replicator.heartbeat_due, False
-                message = core.replicate(peer, heartbeat=heartbeat)
-                if isinstance(message, SnapshotNeeded):
-                    async with self._snapshot_lock:
-                        data = await self._storage.read_snapshot(message.offset, message.size)
-                        chunk = core.snapshot_chunk(peer, message.meta, message.offset, data)
-                    if chunk is not None:
-                        self._transport.send_nowait(peer, chunk)
-                elif message is not None:
-                    self._transport.send_nowait(peer, message)
-                else:
-                    await replicator.wake.wait()
+            with replicator.scope:
+                while True:
+                    heartbeat, replicator.heartbeat_due = replicator.heartbeat_due, False
+                    message = core.replicate(peer, heartbeat=heartbeat)
+                    if isinstance(message, SnapshotNeeded):
+                        async with self._snapshot_lock:
+                            data = await self._storage.read_snapshot(message.offset, message.size)
+                            chunk = core.snapshot_chunk(peer, message.meta, message.offset, data)
+                        if chunk is not None:
+                            self._transport.send_nowait(peer, chunk)
+                    elif message is not None:
+                        self._transport.send_nowait(peer, message)
+                    else:
+                        await replicator.wake.wait()
         finally:
             if self._replicators.get(peer) is replicator:
                 del self._replicators[peer]
@@ -691,7 +714,7 @@ class RaftNode:
         core = self._core
         if core is None or self._closed or self._storage_error is not None:
             return
-        known = core.membership.ids
+        known = core.known_ids
         if (known and sender not in known and sender not in self._members) or sender == self.id:
             self._ignored_messages += 1
             logger.warning(
@@ -728,6 +751,9 @@ class RaftNode:
         if core.leader_id != self._seen_leader:
             self._seen_leader = core.leader_id
             self._notify_state_changed()
+        if core.membership is not self._seen_membership:
+            self._seen_membership = core.membership
+            self._sync_replicators()  # a member joined or left: start or stop its replicator
         if core.has_ready:
             self._ready_signal.set()
         if core.commit_index != self._seen_commit or core.log.last_index != self._seen_last_index:

@@ -11,12 +11,13 @@ with ``--seed N``.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
 import trio
 
-from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError
+from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError, RaftError
 from tinyraft_trio.testing import MemoryCluster, MemoryNetwork, SimulatedDisk, open_memory_cluster
 
 ELECTION_TIMEOUT = 0.5
@@ -45,12 +46,31 @@ async def _client(cluster: MemoryCluster, name: str, acknowledged: list[bytes]) 
         await trio.sleep(0.02)
 
 
-async def _inject_faults(cluster: MemoryCluster, rng: random.Random) -> None:
+async def _change_membership(cluster: MemoryCluster, rng: random.Random) -> None:
+    """Remove a member (keeping at least three voters) or add back one removed earlier."""
+    leaders = cluster.leaders()
+    if not leaders:
+        return
+    leader = leaders[0]
+    members = {m.id for m in leader.status().members}
+    outside = [i for i in cluster.node_ids if i not in members and i in cluster.running]
+    # Refused, or outcome unknown: the schedule goes on either way.
+    with trio.move_on_after(3 * ELECTION_TIMEOUT), contextlib.suppress(RaftError):
+        if outside and rng.random() < 0.6:
+            node_id = rng.choice(sorted(outside))
+            await leader.add_member(node_id, cluster.address_of(node_id))
+        elif len(members) > 3:
+            await leader.remove_member(rng.choice(sorted(members)))
+
+
+async def _inject_faults(cluster: MemoryCluster, rng: random.Random, nursery: trio.Nursery) -> None:
     network = cluster.network
     ids = cluster.node_ids
     for _ in range(FAULT_EVENTS):
         await trio.sleep(rng.uniform(0.1, 3 * ELECTION_TIMEOUT))
-        event = rng.choice(["partition", "isolate", "heal", "crash", "restart", "lossy", "calm"])
+        event = rng.choice(
+            ["partition", "isolate", "heal", "crash", "restart", "lossy", "calm", "reconfigure"]
+        )
         if event == "partition":
             shuffled = rng.sample(ids, len(ids))
             cut = rng.randint(1, len(ids) - 1)
@@ -70,6 +90,8 @@ async def _inject_faults(cluster: MemoryCluster, rng: random.Random) -> None:
                 duplicate_rate=rng.uniform(0.0, 0.1),
                 reorder=rng.random() < 0.5,
             )
+        elif event == "reconfigure":
+            nursery.start_soon(_change_membership, cluster, random.Random(rng.random()))
         elif event == "calm":
             network.set_faults(drop_rate=0.0, delay=(0.0, 0.01), duplicate_rate=0.0, reorder=False)
         cluster.check_logs()
@@ -96,7 +118,7 @@ async def run_one_seed(seed: int) -> None:
         async with trio.open_nursery() as clients:
             for name in ("a", "b"):
                 clients.start_soon(_client, cluster, name, acknowledged)
-            await _inject_faults(cluster, rng)
+            await _inject_faults(cluster, rng, clients)
             # Heal everything and bring every node back.
             network.heal()
             network.set_faults(drop_rate=0.0, delay=(0.0, 0.01), duplicate_rate=0.0, reorder=False)
@@ -116,12 +138,13 @@ async def run_one_seed(seed: int) -> None:
                 except LeadershipLostError:
                     continue
             leader = await cluster.wait_for_leader()
-            await cluster.wait_applied(leader.status().commit_index)
+            members = sorted(m.id for m in leader.status().members)
+            await cluster.wait_applied(leader.status().commit_index, members)
         cluster.check_logs()
         torn = sum(storage.torn_writes for storage in cluster.storages.values())  # type: ignore[attr-defined]
         print(f"seed {seed}: {len(acknowledged)} acknowledged, {torn} writes torn by crashes")
-        for node_id, state_machine in cluster.state_machines.items():
-            commands: list[bytes] = state_machine.commands  # type: ignore[attr-defined]
+        for node_id in members:
+            commands: list[bytes] = cluster.state_machines[node_id].commands  # type: ignore[attr-defined]
             assert len(commands) == len(set(commands)), f"{node_id} applied a command twice"
             missing = set(acknowledged) - set(commands)
             assert not missing, f"{node_id} lacks acknowledged commands {sorted(missing)[:5]}"

@@ -31,6 +31,14 @@ class ConfigurationHistory:
         """The index of the entry that set the latest configuration (the base's, if none)."""
         return self._entries[-1][0] if self._entries else self._base_index
 
+    @property
+    def known_ids(self) -> frozenset[str]:
+        """Every node named by any configuration this log holds, committed or not."""
+        ids = set(self._base.ids)
+        for _, membership in self._entries:
+            ids |= membership.ids
+        return frozenset(ids)
+
     def at(self, index: Index) -> Membership:
         """The configuration in force once entries up to ``index`` are applied."""
         current = self._base

@@ -262,6 +262,15 @@ class RaftCore:
         return sorted(self.voters - {self.id})
 
     @property
+    def known_ids(self) -> frozenset[NodeId]:
+        """Every node any configuration in this log names: whom to accept messages from.
+
+        Wider than the configuration in force: an uncommitted change that removed the next
+        leader must not stop this node from hearing that leader, which will overwrite it.
+        """
+        return self._configs.known_ids
+
+    @property
     def membership_index(self) -> Index:
         """The index of the entry that set the configuration in force (0: the initial one)."""
         return self._configs.latest_index

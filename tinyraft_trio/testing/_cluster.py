@@ -55,9 +55,11 @@ class MemoryCluster:
         storage_factory: Callable[[NodeId], MemoryStorage] | None = None,
     ) -> None:
         self.node_ids = node_ids
+        self._initial = list(node_ids)
         self.network = network
         self.checker = SafetyChecker()
         make_storage = storage_factory or (lambda node_id: MemoryStorage())
+        self._make_storage = make_storage
         self.storages: dict[NodeId, MemoryStorage] = {i: make_storage(i) for i in node_ids}
         self.state_machines: dict[NodeId, StateMachine] = {}
         self._nursery = nursery
@@ -72,21 +74,27 @@ class MemoryCluster:
 
     # -------------------------------------------------------------- nodes
 
+    def address_of(self, node_id: NodeId) -> str:
+        """The (simulated) address of a node: only the membership records it."""
+        return f"{node_id}.sim:7000"
+
     def config_for(self, node_id: NodeId) -> RaftConfig:
-        peers = {peer: f"{peer}.sim:{7000 + n}" for n, peer in enumerate(self.node_ids)}
         self._restarts += 1
         values: dict[str, Any] = {
             "node_id": node_id,
-            "listen": peers[node_id],
-            "peers": peers,
+            "listen": self.address_of(node_id),
             "seed": self._seed * 1_000_003 + self._restarts,
         }
+        if node_id in self._initial:
+            values["peers"] = {peer: self.address_of(peer) for peer in self._initial}
+        else:
+            values["join"] = tuple(self.address_of(peer) for peer in self._initial)
         values.update(self._overrides)
         return RaftConfig(**values)
 
     async def start(self, node_id: NodeId) -> RaftNode:
         """Start (or restart) ``node_id``; returns once it serves."""
-        if node_id in self._nodes:
+        if node_id in self._scopes:
             raise RuntimeError(f"{node_id} is already running")
         state_machine = self._factory()
         self.state_machines[node_id] = state_machine
@@ -99,7 +107,7 @@ class MemoryCluster:
         )
         scope = trio.CancelScope()
         stopped = trio.Event()
-        self._nodes[node_id], self._scopes[node_id], self._stopped[node_id] = node, scope, stopped
+        self._scopes[node_id], self._stopped[node_id] = scope, stopped
 
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             try:
@@ -109,18 +117,27 @@ class MemoryCluster:
                 stopped.set()
 
         await self._nursery.start(run)
+        self._nodes[node_id] = node  # listed once it runs: status() works from then on
         return node
+
+    async def start_new(self, node_id: NodeId) -> RaftNode:
+        """Start a node that is not a member yet: it waits for ``add_member`` on the leader."""
+        if node_id in self.storages:
+            raise RuntimeError(f"{node_id} already exists")
+        self.node_ids.append(node_id)
+        self.storages[node_id] = self._make_storage(node_id)
+        return await self.start(node_id)
 
     async def crash(self, node_id: NodeId) -> None:
         """Stop ``node_id`` abruptly; only what it persisted survives."""
         self._scopes.pop(node_id).cancel()
-        del self._nodes[node_id]
+        self._nodes.pop(node_id, None)
         await self._stopped.pop(node_id).wait()
         self._notify()
 
     async def restart(self, node_id: NodeId) -> RaftNode:
         """Crash ``node_id`` if it runs, then start it again from its storage."""
-        if node_id in self._nodes:
+        if node_id in self._scopes:
             await self.crash(node_id)
         return await self.start(node_id)
 
