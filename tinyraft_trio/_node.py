@@ -42,6 +42,7 @@ from ._exceptions import (
     MembershipChangeError,
     NodeClosedError,
     NotLeaderError,
+    RaftError,
     StorageFailedError,
 )
 from ._state_machine import StateMachine
@@ -364,6 +365,21 @@ class RaftNode:
             match_index=progress.match_index if progress is not None else None,
             last_contact=None if contact is None else trio.current_time() - contact,
         )
+
+    async def hand_over_leadership(self) -> None:
+        """If this node leads and another voter exists, transfer leadership; never raises.
+
+        Used on shutdown. Cancellation: the transfer is abandoned.
+        """
+        core = self._core
+        if core is None or self._closed or core.role is not Role.LEADER or not core.voter_peers:
+            return
+        try:
+            new_leader = await self.transfer_leadership()
+        except RaftError as exc:
+            logger.info("%s: could not hand over leadership before stopping: %s", self.id, exc)
+        else:
+            logger.info("%s: handed leadership to %s before stopping", self.id, new_leader)
 
     # ------------------------------------------------------------------ helpers of the API
 

@@ -30,7 +30,7 @@ class TcpCluster:
         self.peers = {f"n{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports, start=1)}
         self.nodes: dict[str, RaftNode] = {}
         self.machines: dict[str, RecordingStateMachine] = {}
-        self.scopes: dict[str, trio.CancelScope] = {}
+        self.stops: dict[str, trio.Event] = {}
 
     async def start(self, node_id: str) -> None:
         config = RaftConfig(
@@ -42,18 +42,18 @@ class TcpCluster:
         )
         machine = self.machines[node_id] = RecordingStateMachine()
 
+        stop = self.stops[node_id] = trio.Event()
+
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.CancelScope() as scope:
-                self.scopes[node_id] = scope
-                async with open_raft_node(config, machine) as node:
-                    self.nodes[node_id] = node
-                    task_status.started()
-                    await trio.sleep_forever()
+            async with open_raft_node(config, machine) as node:
+                self.nodes[node_id] = node
+                task_status.started()
+                await stop.wait()  # then leave the block: a graceful shutdown
 
         await self.nursery.start(run)
 
     def stop(self, node_id: str) -> None:
-        self.scopes.pop(node_id).cancel()
+        self.stops.pop(node_id).set()
         del self.nodes[node_id]
 
     async def leader(self) -> RaftNode:
@@ -93,4 +93,24 @@ async def test_three_nodes_over_tcp_apply_commands_and_survive_leader_shutdown()
             assert first == second
             assert len(first) == 1001
             assert cluster.machines[leader.id].commands == first[:1000]
+            nursery.cancel_scope.cancel()
+
+
+async def test_leaving_the_context_hands_leadership_over_without_an_election() -> None:
+    """Shutting a leader down transfers leadership first: no election timeout is lost."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            cluster = TcpCluster(nursery, 3)
+            for node_id in cluster.peers:
+                await cluster.start(node_id)
+            leader = await cluster.leader()
+            await leader.apply(b"before")
+            term = leader.status().term
+            stopped_at = trio.current_time()
+            cluster.stop(leader.id)
+            new_leader = await cluster.leader()
+            handover = trio.current_time() - stopped_at
+            assert new_leader.status().term == term + 1  # one election, the transfer's
+            assert handover < 0.3  # well under the election timeout (0.3 s, drawn up to 0.6)
+            await new_leader.apply(b"after")
             nursery.cancel_scope.cancel()
