@@ -72,8 +72,7 @@ def test_from_env_reads_the_tinyraft_variables() -> None:
 
 
 def test_from_env_errors_name_the_variable() -> None:
-    with pytest.raises(ValueError, match="NODE_ID"):
-        RaftConfig.from_env({})
+    assert RaftConfig.from_env({}).node_id is None  # generated on first start
     with pytest.raises(ValueError, match="RAFT_TIMEOUT_MS"):
         RaftConfig.from_env({"NODE_ID": "a", "RAFT_TIMEOUT_MS": "soon"})
     with pytest.raises(ValueError, match="RAFT_PEERS"):
@@ -83,3 +82,21 @@ def test_from_env_errors_name_the_variable() -> None:
 def test_keyword_arguments_win_over_the_environment() -> None:
     config = RaftConfig.from_env({"NODE_ID": "a"}, node_id="b")
     assert config.node_id == "b"
+
+
+def test_node_id_is_required_with_peers() -> None:
+    with pytest.raises(ValueError, match=r"^node_id: required"):
+        RaftConfig(peers={"a": "h:1"})
+
+
+def test_join_bootstrap_and_voter() -> None:
+    config = RaftConfig.from_env({"NODE_ID": "c", "RAFT_JOIN": "h:1, h:2", "RAFT_VOTER": "false"})
+    assert config.join == ("h:1", "h:2")
+    assert config.voter is False
+    assert RaftConfig.from_env({"NODE_ID": "a", "RAFT_BOOTSTRAP": "true"}).bootstrap
+    with pytest.raises(ValueError, match=r"^RAFT_VOTER"):
+        RaftConfig.from_env({"NODE_ID": "a", "RAFT_VOTER": "maybe"})
+    with pytest.raises(ValueError, match=r"^bootstrap"):
+        RaftConfig(node_id="a", bootstrap=True, join=("h:1",))
+    with pytest.raises(ValueError, match=r"^join"):
+        RaftConfig(node_id="a", join=("nohost",))

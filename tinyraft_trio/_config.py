@@ -51,7 +51,9 @@ class RaftConfig:
     Times are in seconds.
 
     Attributes:
-        node_id: this node's id, unique in the cluster and stable across restarts.
+        node_id: this node's id, unique in the cluster and stable across restarts. If not
+            given, one is generated on first start and kept in ``data_dir`` (without a
+            data dir, a new one each start).
         listen: ``"host:port"`` the node listens on for peers.
         advertise: ``"host:port"`` peers use to reach this node; defaults to ``listen``.
         peers: the initial voting members, this node included: id -> ``"host:port"``.
@@ -87,7 +89,7 @@ class RaftConfig:
         voter: join as a voter (after catching up as a learner) or stay a learner.
     """
 
-    node_id: NodeId
+    node_id: NodeId | None = None
     listen: str = "127.0.0.1:7000"
     advertise: str | None = None
     peers: Mapping[NodeId, str] = field(default_factory=dict)
@@ -110,7 +112,10 @@ class RaftConfig:
     voter: bool = True
 
     def __post_init__(self) -> None:
-        _check_node_id("node_id", self.node_id)
+        if self.node_id is not None:
+            _check_node_id("node_id", self.node_id)
+        elif self.peers:
+            raise ValueError("node_id: required when peers are given")
         if not isinstance(self.listen, str):
             raise ValueError(f"listen: expected 'host:port', got {self.listen!r}")
         parse_address(self.listen, field_name="listen")
@@ -212,8 +217,6 @@ class RaftConfig:
         if env.get("RAFT_PEERS"):
             values["peers"] = parse_peers(env["RAFT_PEERS"], field_name="RAFT_PEERS")
         values.update(overrides)
-        if "node_id" not in values:
-            raise ValueError("NODE_ID: required (or pass node_id=...)")
         return cls(**values)
 
 

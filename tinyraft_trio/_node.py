@@ -132,7 +132,7 @@ class RaftNode:
         # the README): the peers; else this node alone; or, when joining, nobody yet.
         self._members: dict[NodeId, str] = dict(config.peers)
         if not self._members and not config.join:
-            self._members = {config.node_id: config.advertise_address}
+            self._members = {self.id: config.advertise_address}
         self._core: RaftCore | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -168,6 +168,7 @@ class RaftNode:
 
     @property
     def id(self) -> NodeId:
+        assert self.config.node_id is not None  # open_raft_node gives every node an id
         return self.config.node_id
 
     async def apply(self, command: bytes) -> object:

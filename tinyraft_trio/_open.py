@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +12,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from ._config import RaftConfig
+from ._exceptions import RaftError
 from ._node import RaftNode
 from ._state_machine import StateMachine
 from ._storage import FileStorage, MemoryStorage, Storage
@@ -44,6 +47,7 @@ async def open_raft_node(
             ``config.data_dir`` if set (durable), else in memory.
         transport: how it reaches peers; msgpack over TCP on ``config.listen`` by default.
     """
+    config = await _with_node_id(config)
     owned_storage: FileStorage | None = None
     if storage is None:
         if config.data_dir is not None:
@@ -79,3 +83,42 @@ async def open_raft_node(
         if owned_storage is not None:
             with trio.move_on_after(5, shield=True):
                 await owned_storage.close()
+
+
+async def _with_node_id(config: RaftConfig) -> RaftConfig:
+    """Give the config a node id: its own, the one kept in its data dir, or a new one."""
+    if config.node_id is not None:
+        return config
+    if config.data_dir is None:
+        return config.replace(node_id=f"node-{secrets.token_hex(4)}")
+    data_dir = config.data_dir
+    node_id = await trio.to_thread.run_sync(_load_or_create_node_id, data_dir)
+    return config.replace(node_id=node_id)
+
+
+def _load_or_create_node_id(data_dir: str) -> str:
+    """Read ``DATA_DIR/node_id``, or write a new id there atomically on first start."""
+    path = os.path.join(data_dir, "node_id")
+    try:
+        with open(path, encoding="utf-8") as file:
+            node_id = file.read().strip()
+    except FileNotFoundError:
+        pass
+    else:
+        if not node_id:
+            raise RaftError(f"{path}: empty node id file; write the node's id into it")
+        return node_id
+    os.makedirs(data_dir, exist_ok=True)
+    node_id = f"node-{secrets.token_hex(4)}"
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(node_id + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return node_id

@@ -78,3 +78,13 @@ async def test_corrupted_log_refuses_to_start_and_names_the_file(tmp_path: Path)
                 pass  # pragma: no cover
         assert segment.name in str(info.value)
         assert segment.read_bytes() == bytes(data)  # nothing was changed
+
+
+async def test_a_generated_node_id_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    config = durable_config(tmp_path).replace(node_id=None)
+    with trio.fail_after(10):
+        async with open_raft_node(config, RecordingStateMachine()) as node:
+            first = node.id
+        async with open_raft_node(config, RecordingStateMachine()) as node:
+            assert node.id == first
+    assert (tmp_path / "node_id").read_text().strip() == first
