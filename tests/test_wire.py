@@ -16,7 +16,6 @@ from tinyraft_trio._core._messages import (
     AppendEntriesResponse,
     InstallSnapshot,
     InstallSnapshotResponse,
-    Message,
     RequestVote,
     RequestVoteResponse,
     TimeoutNow,
@@ -27,6 +26,9 @@ from tinyraft_trio._wire import (
     FrameDecoder,
     Handshake,
     ProtocolError,
+    Request,
+    Response,
+    WireMessage,
     _build_entry,
     decode_payload,
     encode_frame,
@@ -58,7 +60,7 @@ def entries_from(prev_log_index: int, term: int, count: int, size: int = 3) -> t
     )
 
 
-def round_trip(message: Message | Handshake) -> Message | Handshake:
+def round_trip(message: WireMessage) -> WireMessage:
     data = encode_frame(message)
     (length,) = struct.unpack(">I", data[:4])
     assert length == len(data) - 4
@@ -67,7 +69,7 @@ def round_trip(message: Message | Handshake) -> Message | Handshake:
     return decoded
 
 
-EXAMPLES: list[Message | Handshake] = [
+EXAMPLES: list[WireMessage] = [
     Handshake(protocol_version=PROTOCOL_VERSION, cluster_id="prod-cluster", node_id="node-1"),
     RequestVote(term=7, candidate_id="b", last_log_index=42, last_log_term=6),
     RequestVote(
@@ -129,16 +131,22 @@ EXAMPLES: list[Message | Handshake] = [
         done=False,
     ),
     InstallSnapshotResponse(term=7, last_included_index=1000, next_offset=4196, done=True),
+    Request(request_id=0, method="join", body=b""),
+    Request(request_id=MAX_U63, method="m" * 64, body=bytes(range(256)) * 100),
+    Request(request_id=17, method="Cluster.Apply/v2 ~!", body=b"\x00"),
+    Response(request_id=17, ok=True, body=b"result"),
+    Response(request_id=MAX_U63, ok=False, body="not the leader: ü".encode()),
+    Response(request_id=0, ok=False, body=b""),
 ]
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
-def test_round_trip_of_every_message_type(message: Message | Handshake) -> None:
+def test_round_trip_of_every_message_type(message: WireMessage) -> None:
     assert round_trip(message) == message
 
 
 def test_every_type_code_is_covered() -> None:
-    assert {frame_bytes[5] for frame_bytes in map(encode_frame, EXAMPLES)} == set(range(8))
+    assert {frame_bytes[5] for frame_bytes in map(encode_frame, EXAMPLES)} == set(range(10))
 
 
 def test_round_trip_of_empty_and_large_entry_data() -> None:
@@ -171,6 +179,7 @@ def test_decoded_entries_are_ordinary_entries() -> None:
 u63 = st.integers(min_value=0, max_value=MAX_U63)
 ids = st.text(min_size=1, max_size=128)
 small_data = st.binary(max_size=64)
+methods = st.text(alphabet=st.characters(max_codepoint=127), min_size=1, max_size=64)
 
 
 @st.composite
@@ -243,22 +252,24 @@ messages = st.one_of(
         next_offset=u63,
         done=st.booleans(),
     ),
+    st.builds(Request, request_id=u63, method=methods, body=small_data),
+    st.builds(Response, request_id=u63, ok=st.booleans(), body=small_data),
 )
 
 
 @given(messages)
-def test_round_trip_property(message: Message | Handshake) -> None:
+def test_round_trip_property(message: WireMessage) -> None:
     assert round_trip(message) == message
 
 
 @given(st.lists(messages, max_size=8), st.data())
 def test_any_chunking_yields_the_same_messages(
-    sent: list[Message | Handshake], data: st.DataObject
+    sent: list[WireMessage], data: st.DataObject
 ) -> None:
     stream = b"".join(encode_frame(m) for m in sent)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     decoder = FrameDecoder(MIB)
-    received: list[Message | Handshake] = []
+    received: list[WireMessage] = []
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         received += decoder.feed(stream[start:end])
     assert received == sent
@@ -268,7 +279,7 @@ def test_any_chunking_yields_the_same_messages(
 def test_byte_by_byte_feeding() -> None:
     stream = b"".join(encode_frame(m) for m in EXAMPLES)
     decoder = FrameDecoder(MIB)
-    received: list[Message | Handshake] = []
+    received: list[WireMessage] = []
     for i in range(len(stream)):
         received += decoder.feed(stream[i : i + 1])
     assert received == EXAMPLES
@@ -448,6 +459,61 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("ext type with data", raw_frame(b"\x93\x05\xd4\x01\x00\xa1x"), "malformed msgpack"),
     ("invalid utf-8", raw_frame(b"\x93\x05\x01\xa2\xff\xfe"), "malformed msgpack"),
     ("deep nesting", raw_frame(b"\x91" * 5000), "malformed msgpack"),
+    ("request short", frame([8, 1, "join"]), "Request: expected 3 fields, got 2"),
+    ("request long", frame([8, 1, "join", b"", b""]), "Request: expected 3 fields, got 4"),
+    (
+        "negative request id",
+        frame([8, -1, "join", b""]),
+        "Request field request_id: expected an integer >= 0, got -1",
+    ),
+    (
+        "request id above 2**63-1",
+        frame([9, 2**63, True, b""]),
+        f"Response field request_id: expected an integer <= {MAX_U63}, got {2**63}",
+    ),
+    (
+        "bool request id",
+        frame([8, True, "join", b""]),
+        "Request field request_id: expected an integer, got True",
+    ),
+    (
+        "empty method",
+        frame([8, 1, "", b""]),
+        "Request field method: expected 1..64 ASCII characters, got ''",
+    ),
+    (
+        "over-long method",
+        frame([8, 1, "m" * 65, b""]),
+        "Request field method: expected 1..64 ASCII characters, got str of length 65",
+    ),
+    (
+        "non-ascii method",
+        frame([8, 1, "jöin", b""]),
+        "Request field method: expected 1..64 ASCII characters, got 'jöin'",
+    ),
+    (
+        "bytes method",
+        frame([8, 1, b"join", b""]),
+        "Request field method: expected a string, got b'join'",
+    ),
+    ("much too long method", frame([8, 1, "m" * 1000, b""]), "exceeds max_str_len"),
+    (
+        "request body not bytes",
+        frame([8, 1, "join", "text"]),
+        "Request field body: expected bytes, got 'text'",
+    ),
+    (
+        "response ok not bool",
+        frame([9, 1, 1, b""]),
+        "Response field ok: expected a boolean, got 1",
+    ),
+    (
+        "response body not bytes",
+        frame([9, 1, False, None]),
+        "Response field body: expected bytes, got None",
+    ),
+    ("response short", frame([9, 1, True]), "Response: expected 3 fields, got 2"),
+    ("type 10", frame([10, 1, True, b""]), "unknown message type 10"),
 ]
 
 
@@ -528,7 +594,9 @@ def check_decodes_or_refuses(data: bytes, max_frame_bytes: int = 64 * 1024) -> N
             | AppendEntriesResponse
             | TimeoutNow
             | InstallSnapshot
-            | InstallSnapshotResponse,
+            | InstallSnapshotResponse
+            | Request
+            | Response,
         )
         # Whatever was accepted is a valid message: it survives a round trip.
         assert round_trip(message) == message
@@ -571,7 +639,7 @@ def test_mutated_frames_decode_or_raise_protocol_error(data: bytes) -> None:
 
 @given(messages, st.integers(0, 200), st.integers(0, 255))
 def test_body_mutations_with_consistent_length_decode_or_raise(
-    message: Message | Handshake, position: int, value: int
+    message: WireMessage, position: int, value: int
 ) -> None:
     body = bytearray(encode_frame(message)[4:])
     assume(position < len(body))
@@ -594,3 +662,13 @@ def test_install_snapshot_with_a_bad_membership_is_refused() -> None:
     fields[5] = b"[]"
     fields[4] = 4
     assert "last_included_term" in decode_error(frame(fields))
+
+
+def test_request_and_response_bodies_may_be_large() -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB: bodies are not bound by the small-array limit
+    request = Request(request_id=3, method="apply", body=body)
+    response = Response(request_id=3, ok=True, body=body)
+    assert round_trip(request) == request
+    assert round_trip(response) == response
+    data = encode_frame(request)
+    assert "exceeds max_frame_bytes" in decode_error(data, max_frame_bytes=len(data) - 5)

@@ -4,6 +4,10 @@ A transport delivers whole Raft messages between nodes, identified by node id. D
 best effort: Raft tolerates lost, delayed and duplicated messages, so a transport drops rather
 than blocks when a peer is slow or unreachable. ``TcpTransport`` (msgpack frames over TCP) is the
 default; ``tinyraft_trio.testing.MemoryNetwork`` provides one in memory for simulation.
+
+A transport also carries requests and their responses (see ``_rpc``): it answers requests
+from nodes and clients with the node's ``handle_request``, and sends the node's own requests
+by address with ``request()``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,24 @@ import trio
 from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
+from ._rpc import (
+    DEFAULT_MAX_FRAME_BYTES,
+    RequestHandler,
+    RpcClient,
+    TransportError,
+    answer_request,
+    open_rpc_client,
+    receive_handshake,
+)
 from ._wire import (
     MAX_ID_CHARS,
     PROTOCOL_VERSION,
     FrameDecoder,
     Handshake,
     ProtocolError,
+    Request,
+    Response,
+    WireMessage,
     encode_frame,
 )
 
@@ -57,12 +73,35 @@ class Transport(Protocol):
         deliver: MessageHandler,
         address_of: AddressBook,
         *,
+        handle_request: RequestHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept peers' connections and deliver their messages; run outbound connections.
 
+        Requests (from peers or clients) are answered by ``handle_request``, each in its
+        own task; while it is None they get ``Response(ok=False, body=b"no handler")``.
         Calls ``task_status.started()`` once peers can connect. Never returns; cancelling it
         closes every connection and listener the transport opened.
+        """
+        ...
+
+    async def request(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109  (part of the API the node and clients use)
+    ) -> Response:
+        """Send a request to the node at ``address`` and return its response.
+
+        Only valid while ``serve`` runs; the request announces this node's id. ``timeout``
+        covers connecting and waiting for the response. If cancelled, the request may or
+        may not have been carried out; a late response is discarded.
+
+        Raises:
+            TransportError: not delivered or not answered in time (the outcome is then
+                unknown), or ``serve`` is not running.
         """
         ...
 
@@ -143,6 +182,20 @@ class _Peer:
             await self.wakeup.wait()
 
 
+class _Inbound:
+    """The answering side of one inbound connection: responses waiting to be written."""
+
+    __slots__ = ("outbox", "requests", "wakeup")
+
+    def __init__(self, max_concurrent_requests: int) -> None:
+        self.outbox: list[bytes] = []
+        """Response frames for the connection's writer, in the order they were ready."""
+        self.wakeup = trio.Event()
+        self.requests = trio.Semaphore(max_concurrent_requests)
+        """One token per request being handled; the reader waits for one before reading
+        on, so a flood of requests is pushed back onto the sender (TCP flow control)."""
+
+
 class TcpTransport:
     """The default transport: msgpack frames (see ``_wire``) over TCP, one stream per direction.
 
@@ -151,6 +204,12 @@ class TcpTransport:
     task that batches everything queued into a single write. Both sides open with a
     handshake naming protocol version, cluster id and node id, so a node never accepts
     messages from another cluster or delivers to the wrong node.
+
+    An inbound connection may also carry requests, from a peer's ``request()`` or from a
+    client (``open_rpc_client``): each is answered by the node's ``handle_request`` in its
+    own task (at most ``max_concurrent_requests`` at once per connection), and the responses
+    go back on the same connection, written by one writer task that joins those ready
+    together into one write. A handler that raises only fails its own request.
 
     Delivery is best effort, as Raft expects: ``send_nowait`` never blocks; a slow or dead
     peer only fills its own bounded queue, whose oldest messages are dropped first (newer
@@ -169,6 +228,7 @@ class TcpTransport:
             ``random.Random`` seeded by the OS.
         max_queued_messages: most messages waiting for one peer.
         handshake_timeout: seconds a connection may take to connect and handshake.
+        max_concurrent_requests: most requests handled at once for one inbound connection.
 
     Raises:
         ValueError: an argument is invalid; the message names it.
@@ -179,10 +239,11 @@ class TcpTransport:
         *,
         listen: str,
         cluster_id: str,
-        max_frame_bytes: int = 16 * 1024 * 1024,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         rng: random.Random | None = None,
         max_queued_messages: int = 10_000,
         handshake_timeout: float = 5.0,
+        max_concurrent_requests: int = 256,
     ) -> None:
         self._host, self._port = parse_address(listen, field_name="listen")
         if not isinstance(cluster_id, str) or not 0 < len(cluster_id) <= MAX_ID_CHARS:
@@ -211,12 +272,21 @@ class TcpTransport:
             or not handshake_timeout > 0
         ):
             raise ValueError(f"handshake_timeout: must be a number > 0, got {handshake_timeout!r}")
+        if (
+            isinstance(max_concurrent_requests, bool)
+            or not isinstance(max_concurrent_requests, int)
+            or max_concurrent_requests < 1
+        ):
+            raise ValueError(
+                f"max_concurrent_requests: must be an integer >= 1, got {max_concurrent_requests!r}"
+            )
         self._listen = listen
         self._cluster_id = cluster_id
         self._max_frame_bytes = max_frame_bytes
         self._rng = rng if rng is not None else random.Random()
         self._max_queued_messages = max_queued_messages
         self._handshake_timeout = float(handshake_timeout)
+        self._max_concurrent_requests = max_concurrent_requests
 
         self._serving = False
         """Invariant: True from the moment serve() is called until it exits."""
@@ -225,6 +295,8 @@ class TcpTransport:
         self._node_id: NodeId = ""
         self._handshake_frame = b""
         self._deliver: MessageHandler | None = None
+        self._handle_request: RequestHandler | None = None
+        self._rpc: RpcClient | None = None
         self._address_of: AddressBook | None = None
         self._bound_address: str | None = None
         self._peers: dict[NodeId, _Peer] = {}
@@ -260,14 +332,18 @@ class TcpTransport:
         deliver: MessageHandler,
         address_of: AddressBook,
         *,
+        handle_request: RequestHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen for peers, deliver what they send, and run the outbound connections.
 
         Binds the listener, then calls ``task_status.started()``: from then on peers can
-        connect and ``send_nowait`` works. ``deliver`` is called from the connection tasks,
-        once per message in the order each peer sent them. ``address_of`` is asked for a
-        peer's address each time a connection to it is opened.
+        connect, and ``send_nowait`` and ``request`` work. ``deliver`` is called from the
+        connection tasks, once per message in the order each peer sent them. ``address_of``
+        is asked for a peer's address each time a connection to it is opened.
+        ``handle_request`` answers requests, each in its own task in its connection's
+        nursery (see ``_rpc.RequestHandler``); without it every request is answered
+        ``ok=False, body=b"no handler"``.
 
         Never returns. When cancelled, every listener, connection and task it opened is
         closed before it exits; messages still queued are counted as dropped. An exception
@@ -284,7 +360,16 @@ class TcpTransport:
         try:
             # Bound outside the nursery so a bind failure raises a plain OSError.
             listeners = await trio.open_tcp_listeners(self._port, host=self._host)
-            async with trio.open_nursery() as nursery:
+            async with (
+                open_rpc_client(
+                    client_id=node_id,
+                    cluster_id=self._cluster_id,
+                    max_frame_bytes=self._max_frame_bytes,
+                    rng=self._rng,
+                ) as rpc,
+                trio.open_nursery() as nursery,
+            ):
+                self._handle_request = handle_request
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 self._bound_address = _format_address(listeners[0].socket.getsockname())
                 self._node_id = node_id
@@ -297,6 +382,7 @@ class TcpTransport:
                 )
                 self._deliver = deliver
                 self._address_of = address_of
+                self._rpc = rpc
                 self._nursery = nursery
                 logger.debug("%s: listening on %s", node_id, self._bound_address)
                 task_status.started()
@@ -308,6 +394,8 @@ class TcpTransport:
             self._serving = False
             self._nursery = None
             self._deliver = None
+            self._handle_request = None
+            self._rpc = None
             self._address_of = None
             self._bound_address = None
             for peer in self._peers.values():
@@ -335,18 +423,43 @@ class TcpTransport:
         peer.queue.append(message)
         peer.wakeup.set()
 
+    async def request(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109  (part of the API the node and clients use)
+    ) -> Response:
+        """Send a request to the node at ``address`` and return its response.
+
+        Only valid while ``serve`` runs: it uses an ``RpcClient`` (client id: this node's
+        id) whose connections live in ``serve``'s nursery. ``timeout`` covers connecting
+        and waiting for the response. If cancelled, the request may or may not have been
+        carried out; a late response is discarded.
+
+        Raises:
+            TransportError: ``serve`` is not running, or the request was not delivered or
+                not answered in time (the outcome is then unknown); or ``serve`` ended
+                while waiting.
+            ValueError, TypeError: see ``RpcClient.request``.
+        """
+        rpc = self._rpc
+        if rpc is None:
+            raise TransportError(address, "the transport is not serving")
+        return await rpc.request(address, method, body, timeout=timeout)
+
     # -- inbound --------------------------------------------------------------------------
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
-        """Serve one inbound connection: handshake, then deliver each message it carries."""
+        """Serve one inbound connection: handshake, then deliver each message it carries
+        and answer each request."""
         remote = _remote_address(stream)
         decoder = FrameDecoder(self._max_frame_bytes)
-        deliver = self._deliver
-        assert deliver is not None  # connections are only accepted while serving
         async with stream:
             try:
                 with trio.move_on_after(self._handshake_timeout) as scope:
-                    received = await self._receive_handshake(stream, decoder)
+                    received = await receive_handshake(stream, decoder)
                 if scope.cancelled_caught:
                     raise ProtocolError(f"no handshake within {self._handshake_timeout:g} s")
                 if received is None:
@@ -364,45 +477,111 @@ class TcpTransport:
                         f"{handshake.cluster_id!r}, not {self._cluster_id!r}"
                     )
                 await stream.send_all(self._handshake_frame)
-                peer_id = handshake.node_id
-                logger.debug("accepted connection from %r at %s", peer_id, remote)
-                while True:
-                    for message in messages:
-                        if isinstance(message, Handshake):
-                            raise ProtocolError("a second Handshake after the first")
-                        self._messages_received += 1
-                        deliver(peer_id, message)
-                    data = await stream.receive_some(_RECEIVE_BYTES)
-                    if not data:
-                        logger.debug("%r at %s closed its connection", peer_id, remote)
-                        return
-                    messages = decoder.feed(data)
             except ProtocolError as exc:
                 self._connections_rejected += 1
                 logger.warning("rejected connection from %s: %s", remote, exc)
+                return
             except _NETWORK_ERRORS as exc:
                 logger.debug("connection from %s failed: %r", remote, exc)
+                return
+            peer_id = handshake.node_id
+            logger.debug("accepted connection from %r at %s", peer_id, remote)
+            inbound = _Inbound(self._max_concurrent_requests)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    self._write_responses, stream, inbound, remote, nursery.cancel_scope
+                )
+                await self._read_inbound(
+                    stream, decoder, messages, peer_id, remote, inbound, nursery
+                )
+                # Requests still being handled are abandoned: nobody reads their answers.
+                nursery.cancel_scope.cancel()
 
-    async def _receive_handshake(
-        self, stream: trio.SocketStream, decoder: FrameDecoder
-    ) -> tuple[Handshake, list[Message | Handshake]] | None:
-        """Read until the first frame is complete; return it and any frames after it.
+    async def _read_inbound(
+        self,
+        stream: trio.SocketStream,
+        decoder: FrameDecoder,
+        messages: list[WireMessage],
+        peer_id: NodeId,
+        remote: str,
+        inbound: _Inbound,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Deliver each message and start a task in ``nursery`` for each request, until
+        the connection ends. Bad input is logged here and ends the connection."""
+        deliver = self._deliver
+        assert deliver is not None  # connections are only accepted while serving
+        handler = self._handle_request
+        try:
+            while True:
+                for message in messages:
+                    if isinstance(message, Request):
+                        await inbound.requests.acquire()
+                        nursery.start_soon(self._answer, handler, peer_id, message, inbound)
+                        continue
+                    if isinstance(message, Handshake):
+                        raise ProtocolError("a second Handshake after the first")
+                    if isinstance(message, Response):
+                        raise ProtocolError("a Response on a connection we did not open")
+                    self._messages_received += 1
+                    deliver(peer_id, message)
+                data = await stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    logger.debug("%r at %s closed its connection", peer_id, remote)
+                    return
+                messages = decoder.feed(data)
+        except ProtocolError as exc:
+            self._connections_rejected += 1
+            logger.warning("rejected connection from %s: %s", remote, exc)
+        except _NETWORK_ERRORS as exc:
+            logger.debug("connection from %s failed: %r", remote, exc)
 
-        Returns None if the peer closes the connection first.
+    async def _answer(
+        self,
+        handler: RequestHandler | None,
+        peer_id: NodeId,
+        request: Request,
+        inbound: _Inbound,
+    ) -> None:
+        """Run the handler for one request and queue its response for the writer."""
+        try:
+            frame = await answer_request(
+                handler, peer_id, request, max_frame_bytes=self._max_frame_bytes, log=logger
+            )
+            inbound.outbox.append(frame)
+            inbound.wakeup.set()
+        finally:
+            inbound.requests.release()
 
-        Raises:
-            ProtocolError: the first frame is invalid or not a Handshake.
+    async def _write_responses(
+        self,
+        stream: trio.SocketStream,
+        inbound: _Inbound,
+        remote: str,
+        connection_scope: trio.CancelScope,
+    ) -> None:
+        """The only writer of an inbound connection once its handshake is answered.
+
+        Writes every response ready at once in one ``send_all``. If the connection fails,
+        cancels ``connection_scope``, which ends the connection.
         """
-        while True:
-            data = await stream.receive_some(_RECEIVE_BYTES)
-            if not data:
-                return None
-            messages = decoder.feed(data)
-            if messages:
-                first = messages[0]
-                if not isinstance(first, Handshake):
-                    raise ProtocolError(f"expected a Handshake first, got {type(first).__name__}")
-                return first, messages[1:]
+        outbox = inbound.outbox
+        try:
+            while True:
+                while not outbox:
+                    inbound.wakeup = trio.Event()
+                    await inbound.wakeup.wait()
+                size = 0
+                count = 0
+                while count < len(outbox) and size < _MAX_WRITE_BYTES:
+                    size += len(outbox[count])
+                    count += 1
+                data = b"".join(outbox[:count])
+                del outbox[:count]
+                await stream.send_all(data)
+        except _NETWORK_ERRORS as exc:
+            logger.debug("connection from %s failed while answering: %r", remote, exc)
+            connection_scope.cancel()
 
     # -- outbound -------------------------------------------------------------------------
 
@@ -466,9 +645,7 @@ class TcpTransport:
                 raise _ConnectionFailed(str(exc) or repr(exc)) from None
             try:
                 await stream.send_all(self._handshake_frame)
-                received = await self._receive_handshake(
-                    stream, FrameDecoder(self._max_frame_bytes)
-                )
+                received = await receive_handshake(stream, FrameDecoder(self._max_frame_bytes))
                 if received is None:
                     raise _ConnectionFailed(
                         "the peer closed the connection during the handshake "

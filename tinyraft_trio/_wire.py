@@ -15,6 +15,12 @@ whose first element is the message type code, then the message's fields in decla
     6 InstallSnapshot        [6, term, leader_id, last_included_index, last_included_term,
                                  membership (bin: Membership.to_bytes), offset, data, done]
     7 InstallSnapshotResponse [7, term, last_included_index, next_offset, done]
+    8 Request                [8, request_id, method, body]
+    9 Response               [9, request_id, ok, body]
+
+Types 1-7 are Raft's one-way messages. Types 8 and 9 are the request/response channel
+(``tinyraft_trio._rpc``): a Request travels to a node on a connection its sender opened, and
+the Response comes back on that same connection, matched by ``request_id``.
 
 The bytes come from the network, so nothing decoded is trusted: every value is checked (shape,
 types, ranges, and the entries of an AppendEntries follow ``prev_log_index`` consecutively)
@@ -47,10 +53,14 @@ from ._core._types import Entry, EntryKind, Membership
 from ._exceptions import RaftError
 
 __all__ = [
+    "MAX_METHOD_CHARS",
     "PROTOCOL_VERSION",
     "FrameDecoder",
     "Handshake",
     "ProtocolError",
+    "Request",
+    "Response",
+    "WireMessage",
     "decode_payload",
     "encode_frame",
 ]
@@ -60,6 +70,9 @@ PROTOCOL_VERSION = 1
 
 MAX_ID_CHARS = 128
 """Longest node id or cluster id accepted on the wire (as RaftConfig allows)."""
+
+MAX_METHOD_CHARS = 64
+"""Longest Request method name; a method is 1..64 ASCII characters."""
 
 _MAX_U63 = 2**63 - 1
 # Terms and indexes are unsigned but must fit a signed 64-bit integer (storage, other peers).
@@ -93,6 +106,37 @@ class Handshake:
     protocol_version: int
     cluster_id: str
     node_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Request:
+    """A request for a node, answered by exactly one ``Response`` on the same connection.
+
+    ``request_id`` is chosen by the requester and unique among its requests pending on one
+    connection (0..2**63-1); ``method`` (1..64 ASCII characters) names what is asked, and
+    ``body`` is the method's argument, encoded as the method defines.
+    """
+
+    request_id: int
+    method: str
+    body: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Response:
+    """The answer to the ``Request`` with the same ``request_id``.
+
+    With ``ok`` False the request failed and ``body`` says why: a UTF-8 error message or an
+    encoded error, as the handler decides.
+    """
+
+    request_id: int
+    ok: bool
+    body: bytes
+
+
+WireMessage = Message | Handshake | Request | Response
+"""Everything a frame can carry."""
 
 
 # -- Encoding ------------------------------------------------------------------------------
@@ -154,6 +198,14 @@ def _fields_of_install_snapshot_response(m: InstallSnapshotResponse) -> tuple[ob
     return (7, m.term, m.last_included_index, m.next_offset, m.done)
 
 
+def _fields_of_request(m: Request) -> tuple[object, ...]:
+    return (8, m.request_id, m.method, m.body)
+
+
+def _fields_of_response(m: Response) -> tuple[object, ...]:
+    return (9, m.request_id, m.ok, m.body)
+
+
 _FIELDS_OF: dict[type, Callable[[Any], tuple[object, ...]]] = {
     Handshake: _fields_of_handshake,
     RequestVote: _fields_of_request_vote,
@@ -163,10 +215,12 @@ _FIELDS_OF: dict[type, Callable[[Any], tuple[object, ...]]] = {
     TimeoutNow: _fields_of_timeout_now,
     InstallSnapshot: _fields_of_install_snapshot,
     InstallSnapshotResponse: _fields_of_install_snapshot_response,
+    Request: _fields_of_request,
+    Response: _fields_of_response,
 }
 
 
-def encode_frame(message: Message | Handshake) -> bytes:
+def encode_frame(message: WireMessage) -> bytes:
     """Encode ``message`` as one complete frame: the 4-byte length, then the msgpack body.
 
     Raises:
@@ -201,6 +255,7 @@ _ID = "id"
 _BOOL = "bool"
 _ENTRIES = "entries"
 _BYTES = "bytes"
+_METHOD = "method"
 
 _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
     0: ("Handshake", (("protocol_version", _U63), ("cluster_id", _ID), ("node_id", _ID))),
@@ -261,6 +316,8 @@ _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
             ("done", _BOOL),
         ),
     ),
+    8: ("Request", (("request_id", _U63), ("method", _METHOD), ("body", _BYTES))),
+    9: ("Response", (("request_id", _U63), ("ok", _BOOL), ("body", _BYTES))),
 }
 """Each message's wire fields and their kinds: the reference for the fast checks below, and
 what ``_fail`` walks to explain a failed check."""
@@ -339,6 +396,11 @@ def _problem(kind: str, value: object) -> str | None:
         return f"expected an array of entries, got {_describe(value)}"
     elif kind == _BYTES and type(value) is not bytes:
         return f"expected bytes, got {_describe(value)}"
+    elif kind == _METHOD:
+        if type(value) is not str:
+            return f"expected a string, got {_describe(value)}"
+        if not 0 < len(value) <= MAX_METHOD_CHARS or not value.isascii():
+            return f"expected 1..{MAX_METHOD_CHARS} ASCII characters, got {_describe(value)}"
     return None
 
 
@@ -586,7 +648,35 @@ def _decode_install_snapshot_response(obj: list[Any]) -> InstallSnapshotResponse
     raise _fail(7, obj)
 
 
-_DECODERS: tuple[Callable[[list[Any]], Message | Handshake], ...] = (
+def _decode_request(obj: list[Any]) -> Request:
+    if len(obj) == 4:
+        _, request_id, method, body = obj
+        if (
+            type(request_id) is int
+            and 0 <= request_id <= _MAX_U63
+            and type(method) is str
+            and 0 < len(method) <= MAX_METHOD_CHARS
+            and method.isascii()
+            and type(body) is bytes
+        ):
+            return Request(request_id=request_id, method=method, body=body)
+    raise _fail(8, obj)
+
+
+def _decode_response(obj: list[Any]) -> Response:
+    if len(obj) == 4:
+        _, request_id, ok, body = obj
+        if (
+            type(request_id) is int
+            and 0 <= request_id <= _MAX_U63
+            and type(ok) is bool
+            and type(body) is bytes
+        ):
+            return Response(request_id=request_id, ok=ok, body=body)
+    raise _fail(9, obj)
+
+
+_DECODERS: tuple[Callable[[list[Any]], WireMessage], ...] = (
     _decode_handshake,
     _decode_request_vote,
     _decode_request_vote_response,
@@ -595,6 +685,8 @@ _DECODERS: tuple[Callable[[list[Any]], Message | Handshake], ...] = (
     _decode_timeout_now,
     _decode_install_snapshot,
     _decode_install_snapshot_response,
+    _decode_request,
+    _decode_response,
 )
 
 
@@ -636,7 +728,7 @@ def _unpack_large_append_entries(payload: bytes | bytearray | memoryview) -> lis
     return obj
 
 
-def decode_payload(payload: bytes | bytearray | memoryview) -> Message | Handshake:
+def decode_payload(payload: bytes | bytearray | memoryview) -> WireMessage:
     """Decode and validate one frame's body (without its 4-byte length).
 
     Raises:
@@ -683,7 +775,7 @@ class FrameDecoder:
         """How many bytes of an incomplete frame are waiting for the rest of it."""
         return len(self._buffer)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Message | Handshake]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage]:
         """Add ``data`` from the stream; return every message completed by it, in order.
 
         Raises:
@@ -694,7 +786,7 @@ class FrameDecoder:
             raise ProtocolError(f"stream already failed: {self._error}")
         buffer = self._buffer
         buffer += data
-        messages: list[Message | Handshake] = []
+        messages: list[WireMessage] = []
         end = len(buffer)
         position = 0
         try:

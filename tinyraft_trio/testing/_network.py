@@ -17,13 +17,22 @@ the simulation loudly instead of passing a Python object by reference.
 
 Deliveries run inside the receiver's ``serve()``: cancelling it (a crash) discards everything in
 flight to that node, exactly as a killed process loses its socket buffers.
+
+Requests (``MemoryTransport.request``, and ``MemoryNetwork.client()`` for simulated client
+programs) reach a node by the address its transport registered. A request and its response
+each go through the codec and obey partitions, isolation, drops and delays like a message
+(duplication and reordering do not apply: a request travels on a TCP connection); a lost one
+leaves the caller waiting until its timeout, as on a real network. The handler runs in a task
+of the server's ``serve()``, so a server that crashes mid-request never answers.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,10 +40,23 @@ import trio
 
 from .._core._messages import Message
 from .._core._types import NodeId
+from .._rpc import (
+    RequestHandler,
+    TransportError,
+    answer_request,
+    check_frame_size,
+    check_request,
+    timeout_reason,
+)
 from .._transport import AddressBook, MessageHandler, TransportStatistics
-from .._wire import FrameDecoder, Handshake, ProtocolError, encode_frame
+from .._wire import FrameDecoder, Handshake, ProtocolError, Request, Response, encode_frame
 
-__all__ = ["MemoryNetwork", "MemoryTransport", "NetworkStatistics"]
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["MemoryNetwork", "MemoryRpcClient", "MemoryTransport", "NetworkStatistics"]
+
+logger = logging.getLogger("tinyraft_trio.transport")
 
 _LENGTH_PREFIX_BYTES = 4
 
@@ -81,6 +103,19 @@ class _Inbox:
         self.links: dict[NodeId, _Link] = {}
         self.wakeup = trio.Event()
         """Set when ``pending`` gains a new earliest copy, so the delivery loop re-arms."""
+
+
+class _Call:
+    """A request waiting for its response (the response's flight is the caller's to wait)."""
+
+    __slots__ = ("arrives_at", "done", "failure", "frame")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        """Set once the response left the server, or the call failed."""
+        self.frame = b""
+        self.arrives_at = math.inf
+        self.failure: str | None = None
 
 
 def _check_rate(name: str, value: float) -> float:
@@ -138,6 +173,9 @@ class MemoryNetwork:
         self._max_frame_bytes = max_frame_bytes
         self._transports: dict[NodeId, MemoryTransport] = {}
         """Invariant: holds the newest transport handed out for each node id."""
+        self._addresses: dict[str, NodeId] = {}
+        """Which node serves each address (the newest transport to register it)."""
+        self._request_ids = 0
         self._groups: dict[NodeId, int] | None = None
         """Partition group of each node; None means no partition. Unlisted nodes reach no one."""
         self._isolated: set[NodeId] = set()
@@ -152,22 +190,38 @@ class MemoryNetwork:
         """The network's seeded RNG; simulation tests may draw from it too, to replay with it."""
         return self._rng
 
-    def transport(self, node_id: NodeId) -> MemoryTransport:
+    def transport(self, node_id: NodeId, address: str | None = None) -> MemoryTransport:
         """Return a new transport for ``node_id``, replacing any earlier one.
 
         Calling it again for the same id models a restarted node: the old transport is cut
         off (its sends are dropped, nothing more is delivered to it, including what was in
         flight to it) even if its ``serve()`` is still running.
+
+        ``address`` (any string, e.g. the node's advertise address) is where requests reach
+        the node while it serves; an address registered earlier (by this node or another)
+        now leads here. Without one the node can send requests but receives none, unless an
+        earlier transport of the same node registered an address.
         """
-        transport = MemoryTransport(self, node_id)
+        transport = MemoryTransport(self, node_id, address)
         self._transports[node_id] = transport
+        if address is not None:
+            self._addresses[address] = node_id
         return transport
+
+    def client(self, client_id: str) -> MemoryRpcClient:
+        """Return a simulated client program, which sends requests but serves nothing.
+
+        ``client_id`` is what the nodes' request handlers see, and what ``partition`` and
+        ``isolate`` name: a partition that leaves it out of every group cuts it off.
+        """
+        return MemoryRpcClient(self, client_id)
 
     def partition(self, *groups: Iterable[NodeId]) -> None:
         """Split the network: only nodes in the same group can talk.
 
         Replaces the current topology, including earlier isolations. Nodes named in no group
         are cut off from everyone. ``partition()`` with no groups cuts every node off.
+        Client ids (``client()``) count as nodes here.
 
         Raises:
             TypeError: a group is a bare string (write ``{"a"}``, not ``"a"``).
@@ -184,7 +238,8 @@ class MemoryNetwork:
         self._isolated.clear()
 
     def isolate(self, node_id: NodeId) -> None:
-        """Cut ``node_id`` off from every other node; the others keep their reachability."""
+        """Cut ``node_id`` (a node or a client) off from every other; the others keep their
+        reachability."""
         self._isolated.add(node_id)
 
     def heal(self) -> None:
@@ -306,7 +361,7 @@ class MemoryNetwork:
             self._dropped += 1
             return
         decoded = inbox.links[sender].decoder.feed(frame)
-        if len(decoded) != 1 or isinstance(decoded[0], Handshake):
+        if len(decoded) != 1 or isinstance(decoded[0], Handshake | Request | Response):
             raise ProtocolError(f"a memory-network frame decoded to {decoded!r}, not one message")
         self._delivered += 1
         transport._messages_received += 1
@@ -316,6 +371,117 @@ class MemoryNetwork:
         """Count what was still in flight to a ``serve()`` call that ended."""
         self._dropped += len(inbox.pending)
         inbox.pending.clear()
+
+    def _lost(self) -> bool:
+        """Draw whether a request or response is lost (only if drops are switched on)."""
+        return self._drop_rate >= 1.0 or (
+            self._drop_rate > 0.0 and self._rng.random() < self._drop_rate
+        )
+
+    def _flight_time(self) -> float:
+        low, high = self._delay
+        return self._rng.uniform(low, high) if high > low else low
+
+    def _is_current(self, transport: MemoryTransport) -> bool:
+        """Whether ``transport`` is serving and has not been replaced (node restarted)."""
+        replaced = self._transports.get(transport.node_id) is not transport
+        return transport._nursery is not None and not replaced
+
+    async def _request(
+        self,
+        requester: str,
+        address: str,
+        method: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109  (request()'s, passed on)
+        pending: set[_Call] | None = None,
+    ) -> Response:
+        """Run one request from ``requester`` to whoever serves ``address``.
+
+        ``pending`` is the requesting transport's set of waiting calls, which its
+        ``serve()`` fails when it ends.
+        """
+        seconds = check_request(method, body, timeout)
+        self._request_ids += 1
+        frame = encode_frame(Request(request_id=self._request_ids, method=method, body=body))
+        check_frame_size(frame, self._max_frame_bytes, f"a {method} request from {requester!r}")
+        deadline = trio.current_time() + seconds
+        await trio.lowlevel.checkpoint()
+        node_id = self._addresses.get(address)
+        server = None if node_id is None else self._transports.get(node_id)
+        call = _Call()
+        if node_id is None or server is None or not self._is_current(server):
+            if node_id is None or self.can_reach(requester, node_id):
+                raise TransportError(address, "connection refused (nothing serves it)")
+            # A partitioned address looks the same whether or not anything serves it.
+        elif self.can_reach(requester, node_id) and not self._lost():
+            arrives_at = trio.current_time() + self._flight_time()
+            assert server._nursery is not None
+            server._nursery.start_soon(
+                self._serve_request,
+                server,
+                requester,
+                frame,
+                arrives_at,
+                call,
+                name=f"tinyraft request from {requester} to {node_id}",
+            )
+        if pending is not None:
+            pending.add(call)
+        try:
+            with trio.move_on_at(deadline):
+                await call.done.wait()
+                if call.failure is None:
+                    await trio.sleep_until(call.arrives_at)
+                if call.failure is not None:
+                    raise TransportError(address, call.failure)
+                assert node_id is not None
+                if self.can_reach(node_id, requester):
+                    decoded = FrameDecoder(self._max_frame_bytes).feed(call.frame)
+                    response = decoded[0] if len(decoded) == 1 else None
+                    if not isinstance(response, Response):
+                        raise ProtocolError(
+                            f"a memory-network response decoded to {decoded!r}, not a Response"
+                        )
+                    return response
+                await trio.sleep_forever()  # lost on its way back
+        finally:
+            if pending is not None:
+                pending.discard(call)
+        raise TransportError(address, timeout_reason(seconds))
+
+    async def _serve_request(
+        self,
+        server: MemoryTransport,
+        requester: str,
+        frame: bytes,
+        arrives_at: float,
+        call: _Call,
+    ) -> None:
+        """In ``server``'s ``serve()``: receive the request, answer it, send the response."""
+        await trio.sleep_until(arrives_at)
+        if not self._is_current(server) or not self.can_reach(requester, server.node_id):
+            return  # lost on its way (the caller times out)
+        decoded = FrameDecoder(self._max_frame_bytes).feed(frame)
+        request = decoded[0] if len(decoded) == 1 else None
+        if not isinstance(request, Request):
+            raise ProtocolError(f"a memory-network request decoded to {decoded!r}, not a Request")
+        response = await answer_request(
+            server._handler,
+            requester,
+            request,
+            max_frame_bytes=self._max_frame_bytes,
+            log=logger,
+        )
+        if (
+            not self._is_current(server)
+            or not self.can_reach(server.node_id, requester)
+            or self._lost()
+        ):
+            return
+        call.frame = response
+        call.arrives_at = trio.current_time() + self._flight_time()
+        call.done.set()
 
 
 class MemoryTransport:
@@ -331,11 +497,18 @@ class MemoryTransport:
     ``connections_rejected`` is always 0.
     """
 
-    def __init__(self, network: MemoryNetwork, node_id: NodeId) -> None:
+    def __init__(self, network: MemoryNetwork, node_id: NodeId, address: str | None = None) -> None:
         self._network = network
         self._node_id = node_id
+        self._address = address
         self._inbox: _Inbox | None = None
         """Invariant: not None exactly while serve() runs (after started())."""
+        self._nursery: trio.Nursery | None = None
+        """Invariant: set exactly while serve() runs (after started()); request handlers run
+        in it, so they die with the node."""
+        self._handler: RequestHandler | None = None
+        self._calls: set[_Call] = set()
+        """This node's own requests waiting for their responses."""
         self._messages_sent = 0
         self._messages_received = 0
         self._messages_dropped = 0
@@ -345,23 +518,33 @@ class MemoryTransport:
         """The id this transport was made for."""
         return self._node_id
 
+    @property
+    def address(self) -> str | None:
+        """The address this transport registered for requests, if any."""
+        return self._address
+
     async def serve(
         self,
         node_id: NodeId,
         deliver: MessageHandler,
         address_of: AddressBook,
         *,
+        handle_request: RequestHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Put the node on the network and deliver its incoming messages until cancelled.
 
         Deliveries run in this task, so ``deliver`` is called from here; an exception it
         raises (or a frame the codec rejects) propagates out of ``serve()``. ``address_of``
-        is ignored: memory nodes are addressed by id.
+        is ignored: memory nodes are addressed by id. Requests to this transport's address
+        are answered by ``handle_request``, each in a task of this ``serve()`` (without it,
+        ``ok=False, body=b"no handler"``).
 
         Calls ``task_status.started()`` once peers can reach the node. Never returns. When
         cancelled, the node is off the network: everything in flight to it is discarded
-        (counted as dropped) and later messages to or from it are dropped.
+        (counted as dropped), later messages to or from it are dropped, requests it was
+        handling are never answered, and its own requests still waiting fail with
+        ``TransportError``.
 
         Raises:
             ValueError: ``node_id`` is not the id this transport was made for.
@@ -372,13 +555,27 @@ class MemoryTransport:
         if self._inbox is not None:
             raise RuntimeError(f"transport for {node_id!r} is already serving")
         inbox = _Inbox(deliver)
-        self._inbox = inbox
         try:
-            task_status.started()
-            await self._run_deliveries(inbox)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._handler = handle_request
+                self._inbox = inbox
+                task_status.started()
+                await self._run_deliveries(inbox)
+        except BaseExceptionGroup as group:
+            # One failure (from deliver, the codec, or a cancellation) comes out as raised.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             self._inbox = None
+            self._nursery = None
+            self._handler = None
             self._network._discard(inbox)
+            calls, self._calls = self._calls, set()
+            for call in calls:
+                call.failure = "the requesting node stopped"
+                call.done.set()
 
     async def _run_deliveries(self, inbox: _Inbox) -> None:
         pending = inbox.pending
@@ -408,6 +605,34 @@ class MemoryTransport:
         """
         self._network._send(self, to, message)
 
+    async def request(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109  (the Transport protocol's signature)
+    ) -> Response:
+        """Send a request to the node serving ``address`` and return its response.
+
+        Only valid while ``serve()`` runs; the handler sees this node's id as requester.
+        The request and its response each take the network's delay and may be lost (drops,
+        partitions); ``timeout`` (virtual seconds) covers both. If cancelled, the request
+        may still be handled; its response is discarded.
+
+        Raises:
+            TransportError: this node is not serving (or stopped while waiting); nothing
+                serves ``address`` (at once, "connection refused"); or no response within
+                ``timeout`` (the outcome is then unknown).
+            ValueError, TypeError: an invalid argument (see ``RpcClient.request``).
+        """
+        if not self._network._is_current(self):
+            check_request(method, body, timeout)
+            raise TransportError(address, "the transport is not serving")
+        return await self._network._request(
+            self.node_id, address, method, body, timeout, self._calls
+        )
+
     def statistics(self) -> TransportStatistics:
         """Return a snapshot of this transport's counters."""
         return TransportStatistics(
@@ -415,3 +640,42 @@ class MemoryTransport:
             messages_received=self._messages_received,
             messages_dropped=self._messages_dropped,
         )
+
+
+class MemoryRpcClient:
+    """A simulated client program on a ``MemoryNetwork``: sends requests, serves nothing.
+
+    Get one from ``MemoryNetwork.client(client_id)``. Like ``RpcClient``, but its requests
+    travel through the network (codec, partitions, drops, delays) in virtual time. It needs
+    no running task of its own.
+    """
+
+    def __init__(self, network: MemoryNetwork, client_id: str) -> None:
+        if not isinstance(client_id, str) or not client_id:
+            raise ValueError(f"client_id: must be a non-empty string, got {client_id!r}")
+        self._network = network
+        self._client_id = client_id
+
+    @property
+    def client_id(self) -> str:
+        """The id the nodes' handlers see, and that partitions name."""
+        return self._client_id
+
+    async def request(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109  (the same signature as RpcClient.request)
+    ) -> Response:
+        """Send a request to the node serving ``address`` and return its response.
+
+        Same contract as ``MemoryTransport.request``, without the need to serve first.
+
+        Raises:
+            TransportError: nothing serves ``address`` (at once), or no response within
+                ``timeout`` (the outcome is then unknown).
+            ValueError, TypeError: an invalid argument.
+        """
+        return await self._network._request(self._client_id, address, method, body, timeout)

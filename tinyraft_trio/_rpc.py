@@ -1,0 +1,630 @@
+"""Requests and their responses: the channel for joins, client commands and reads.
+
+Raft's own messages are one-way: each node sends on its own outbound connection per peer.
+Some exchanges need an answer on the connection that asked, because the asker (a client
+program, or a node that is not a member yet) accepts no connections: a client sending a
+command or a read to any node, a node asking to join the cluster. Those travel as a
+``Request`` (wire type 8) on a connection the requester opened, and the node writes the
+``Response`` (type 9, the same ``request_id``) back on that connection.
+
+``RpcClient`` is the requester's side: one pooled connection per address, requests
+multiplexed on it by ``request_id``. The answering side is the transport's
+``serve(..., handle_request=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, replace
+
+import trio
+
+from ._config import parse_address
+from ._exceptions import RaftError
+from ._wire import (
+    MAX_ID_CHARS,
+    MAX_METHOD_CHARS,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Handshake,
+    ProtocolError,
+    Request,
+    Response,
+    WireMessage,
+    encode_frame,
+)
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = [
+    "Request",
+    "RequestHandler",
+    "Response",
+    "RpcClient",
+    "RpcClientStatistics",
+    "TransportError",
+    "open_rpc_client",
+]
+
+RequestHandler = Callable[[str, Request], Awaitable[Response]]
+"""Answers one request: ``(requester id from its handshake, request) -> response``.
+
+The requester id is whatever the other side announced (a node id or a client id); the handler
+decides which requests to accept from whom. An exception it raises becomes a
+``Response(ok=False, body=b"internal error: <type>")`` and a logged warning.
+"""
+
+logger = logging.getLogger("tinyraft_trio.rpc")
+
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+_FRAME_HEADER_BYTES = 4
+_NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+"""What a healthy connection expects from the network now and then; handled where met."""
+_RECEIVE_BYTES = 64 * 1024
+_MAX_WRITE_BYTES = 4 * 1024 * 1024
+"""A writer joins queued frames into one write until it holds at least this many bytes."""
+
+
+class TransportError(RaftError):
+    """A request could not be delivered, or its response did not arrive in time.
+
+    Causes: the connection was refused or lost, the other side refused the handshake, or the
+    timeout passed. Unless the reason says the request was never sent, its outcome is
+    unknown: the node may or may not have carried it out.
+
+    Attributes:
+        address: the ``"host:port"`` the request was for.
+        reason: what went wrong.
+    """
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"request to {address} failed: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+# -- Argument checks shared by the TCP and memory implementations --------------------------
+
+
+def check_request(method: object, body: object, timeout: object) -> float:
+    """Check ``request()``'s arguments; return the timeout as a float.
+
+    Raises:
+        ValueError: the method is not 1..64 ASCII characters, or the timeout not > 0.
+        TypeError: the body is not bytes.
+    """
+    if not isinstance(method, str) or not (
+        0 < len(method) <= MAX_METHOD_CHARS and method.isascii()
+    ):
+        raise ValueError(f"method: must be 1..{MAX_METHOD_CHARS} ASCII characters, got {method!r}")
+    if type(body) is not bytes:
+        raise TypeError(f"body: expected bytes, got {type(body).__name__}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout: must be a number > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def check_frame_size(frame: bytes, max_frame_bytes: int, what: str) -> None:
+    """Refuse to send a frame the other side would refuse (and close the connection for).
+
+    Raises:
+        ValueError: ``frame`` is larger than ``max_frame_bytes`` allows.
+    """
+    if len(frame) - _FRAME_HEADER_BYTES > max_frame_bytes:
+        raise ValueError(
+            f"{what} encodes to {len(frame) - _FRAME_HEADER_BYTES} bytes, above "
+            f"max_frame_bytes={max_frame_bytes}"
+        )
+
+
+def _check_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        raise ValueError(f"{name}: must be a non-empty string of at most {MAX_ID_CHARS} characters")
+    return value
+
+
+def _check_max_frame_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 2**32 - 1:
+        raise ValueError(f"max_frame_bytes: must be an integer in 1024..{2**32 - 1}, got {value!r}")
+    return value
+
+
+def timeout_reason(timeout: float) -> str:
+    return f"no response within {timeout:g} s (the request may or may not have been carried out)"
+
+
+# -- The answering side ------------------------------------------------------------------
+
+
+def _error_response(request: Request, message: str) -> Response:
+    return Response(request_id=request.request_id, ok=False, body=message.encode())
+
+
+def _response_problem(response: object) -> str | None:
+    if not isinstance(response, Response):
+        return f"returned {type(response).__name__}, not a Response"
+    if type(response.ok) is not bool:
+        return f"returned a Response whose ok is {type(response.ok).__name__}, not bool"
+    if type(response.body) is not bytes:
+        return f"returned a Response whose body is {type(response.body).__name__}, not bytes"
+    return None
+
+
+async def answer_request(
+    handler: RequestHandler | None,
+    requester: str,
+    request: Request,
+    *,
+    max_frame_bytes: int,
+    log: logging.Logger,
+) -> bytes:
+    """Run ``handler`` on ``request`` and return the encoded Response frame to send back.
+
+    Never raises ``Exception``: without a handler the answer is ``ok=False, b"no handler"``;
+    a handler that raises (or returns something other than a valid ``Response``) gets an
+    ``ok=False`` answer naming the problem's type, and a WARNING on ``log`` with the
+    traceback. The response's ``request_id`` is always the request's. An answer larger
+    than ``max_frame_bytes`` is replaced by an ``ok=False`` one saying so. Cancellation
+    propagates (no answer is sent).
+    """
+    if handler is None:
+        response = _error_response(request, "no handler")
+    else:
+        try:
+            result = await handler(requester, request)
+        except Exception as exc:
+            log.warning(
+                "request handler failed on %s request %d from %r: %s: %s",
+                request.method,
+                request.request_id,
+                requester,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            response = _error_response(request, f"internal error: {type(exc).__name__}")
+        else:
+            problem = _response_problem(result)
+            if problem is not None:
+                log.warning(
+                    "request handler %s for %s request %d from %r",
+                    problem,
+                    request.method,
+                    request.request_id,
+                    requester,
+                )
+                response = _error_response(request, "internal error: invalid response")
+            elif result.request_id != request.request_id:
+                response = replace(result, request_id=request.request_id)
+            else:
+                response = result
+    frame = encode_frame(response)
+    if len(frame) - _FRAME_HEADER_BYTES > max_frame_bytes:
+        log.warning(
+            "response to %s request %d from %r encodes to %d bytes, above max_frame_bytes=%d",
+            request.method,
+            request.request_id,
+            requester,
+            len(frame) - _FRAME_HEADER_BYTES,
+            max_frame_bytes,
+        )
+        frame = encode_frame(
+            _error_response(
+                request,
+                f"response too large: {len(frame) - _FRAME_HEADER_BYTES} bytes "
+                f"exceed max_frame_bytes {max_frame_bytes}",
+            )
+        )
+    return frame
+
+
+async def receive_handshake(
+    stream: trio.abc.ReceiveStream, decoder: FrameDecoder
+) -> tuple[Handshake, list[WireMessage]] | None:
+    """Read until the first frame is complete; return it and any frames after it.
+
+    Returns None if the other side closes the connection first.
+
+    Raises:
+        ProtocolError: the first frame is invalid or not a Handshake.
+    """
+    while True:
+        data = await stream.receive_some(_RECEIVE_BYTES)
+        if not data:
+            return None
+        messages = decoder.feed(data)
+        if messages:
+            first = messages[0]
+            if not isinstance(first, Handshake):
+                raise ProtocolError(f"expected a Handshake first, got {type(first).__name__}")
+            return first, messages[1:]
+
+
+# -- The requesting side -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RpcClientStatistics:
+    """A snapshot of an ``RpcClient``'s state and counters."""
+
+    connections: int = 0
+    """Connections in the pool now (open, or being opened)."""
+    connects: int = 0
+    """Connections opened successfully (handshake done) since the client started."""
+    pending_requests: int = 0
+    """Requests sent (or about to be) whose response has not arrived."""
+
+
+class _Call:
+    """One request waiting for its response."""
+
+    __slots__ = ("done", "failure", "response")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | None = None
+        self.failure: str | None = None
+        """Invariant: once ``done`` is set, exactly one of response and failure is set."""
+
+
+class _Connection:
+    """One pooled connection: its pending calls and the frames waiting to be written."""
+
+    __slots__ = ("address", "calls", "failure", "outbox", "ready", "scope", "wakeup")
+
+    def __init__(self, address: str, connect_deadline: float) -> None:
+        self.address = address
+        self.calls: dict[int, _Call] = {}
+        """Invariant: the calls whose request may be on this connection and whose caller
+        still waits; each is failed when the connection fails."""
+        self.outbox: list[bytes] = []
+        """Frames for the writer task, oldest first."""
+        self.wakeup = trio.Event()
+        self.ready = trio.Event()
+        """Set once the handshake is done or the connection failed, whichever is first."""
+        self.failure: str | None = None
+        """Why the connection failed; None while it is usable. Set once."""
+        self.scope = trio.CancelScope(deadline=connect_deadline)
+        """Holds the connection's tasks. Until the handshake is done its deadline is the
+        latest deadline of the requests waiting for it; then none."""
+
+    def fail(self, reason: str) -> None:
+        """Fail the connection and every call waiting on it (the first reason wins)."""
+        if self.failure is None:
+            self.failure = reason
+        self.ready.set()
+        for call in self.calls.values():
+            call.failure = self.failure
+            call.done.set()
+        self.calls.clear()
+        self.outbox.clear()
+        self.scope.cancel()
+
+
+class _ConnectFailed(Exception):
+    pass
+
+
+class RpcClient:
+    """Sends requests to nodes by address and waits for their responses.
+
+    Usable standalone (a client program) or inside a node: get one from
+    ``open_rpc_client()``, which runs its background tasks; a transport's ``request()``
+    uses one of its own. Each address gets one pooled connection, opened on first use
+    (TCP, then a handshake naming ``client_id`` and ``cluster_id``); requests to it are
+    multiplexed by ``request_id``, written by one writer task (in batches) and answered
+    through one reader task. A connection that fails fails every request pending on it and
+    leaves the pool, so the next request to that address reconnects.
+
+    Args:
+        client_id: the id announced in the handshake; the node's request handler sees it.
+        cluster_id: the cluster's name; a node of another cluster is refused.
+        max_frame_bytes: largest frame accepted from the network and sent to it.
+        rng: picks the first request id; seed it to replay a run. Defaults to a
+            ``random.Random`` seeded by the OS.
+
+    Raises:
+        ValueError: an argument is invalid; the message names it.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        cluster_id: str,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client_id = _check_id("client_id", client_id)
+        self._cluster_id = _check_id("cluster_id", cluster_id)
+        self._max_frame_bytes = _check_max_frame_bytes(max_frame_bytes)
+        rng = rng if rng is not None else random.Random()
+        self._next_request_id = rng.randrange(2**32)
+        self._handshake_frame = encode_frame(
+            Handshake(protocol_version=PROTOCOL_VERSION, cluster_id=cluster_id, node_id=client_id)
+        )
+        self._nursery: trio.Nursery | None = None
+        """Invariant: set exactly while the client runs (inside ``open_rpc_client``)."""
+        self._closed = False
+        self._pool: dict[str, _Connection] = {}
+        """Invariant: each connection here has one task in ``_nursery`` and no failure."""
+        self._connects = 0
+
+    @property
+    def client_id(self) -> str:
+        """The id this client announces."""
+        return self._client_id
+
+    def statistics(self) -> RpcClientStatistics:
+        """Return a snapshot of the pool and the counters."""
+        return RpcClientStatistics(
+            connections=len(self._pool),
+            connects=self._connects,
+            pending_requests=sum(len(c.calls) for c in self._pool.values()),
+        )
+
+    async def request(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109  (part of the API the node and clients use)
+    ) -> Response:
+        """Send a request to the node at ``address`` and return its response.
+
+        ``timeout`` covers everything: connecting (when the pool has no connection to
+        ``address`` yet), sending, and waiting for the response. A response with
+        ``ok=False`` is returned, not raised: it is the node's answer.
+
+        If the call is cancelled, the request may or may not have been sent and carried
+        out; its response, if one arrives, is discarded.
+
+        Raises:
+            TransportError: the connection could not be opened, was refused or lost, or
+                ``timeout`` passed. Except for a refused connection, the outcome is
+                unknown: the node may have carried out the request.
+            ValueError: ``address``, ``method`` or ``timeout`` is invalid, or the request
+                encodes larger than ``max_frame_bytes``.
+            TypeError: ``body`` is not bytes.
+        """
+        seconds = check_request(method, body, timeout)
+        parse_address(address, field_name="address")
+        request_id = self._next_request_id
+        self._next_request_id = (request_id + 1) & (2**63 - 1)
+        frame = encode_frame(Request(request_id=request_id, method=method, body=body))
+        check_frame_size(frame, self._max_frame_bytes, f"a {method} request")
+        nursery = self._nursery
+        if nursery is None or self._closed:
+            raise TransportError(address, "the RPC client is not running")
+        deadline = trio.current_time() + seconds
+        call = _Call()
+        connection = self._connection_to(address, deadline, nursery)
+        try:
+            with trio.move_on_at(deadline):
+                await connection.ready.wait()
+                if connection.failure is not None:
+                    raise TransportError(address, connection.failure)
+                connection.calls[request_id] = call
+                connection.outbox.append(frame)
+                connection.wakeup.set()
+                await call.done.wait()
+                if call.response is None:
+                    assert call.failure is not None
+                    raise TransportError(address, call.failure)
+                return call.response
+        finally:
+            if not call.done.is_set():
+                # Given up (timeout or cancellation): forget the call; if its frame is
+                # still queued, it is not sent at all.
+                connection.calls.pop(request_id, None)
+                if connection.outbox and connection.outbox[-1] is frame:
+                    connection.outbox.pop()
+                else:
+                    with suppress(ValueError):
+                        connection.outbox.remove(frame)
+        # The call may have finished just as the deadline passed.
+        if call.response is not None:
+            return call.response
+        if call.failure is not None:
+            raise TransportError(address, call.failure)
+        raise TransportError(address, timeout_reason(seconds))
+
+    async def aclose(self) -> None:
+        """Close every connection; requests still waiting fail with ``TransportError``.
+
+        Later requests fail at once. Idempotent; never blocks (it checkpoints, so it can
+        raise ``trio.Cancelled``, but the client is closed anyway).
+        """
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _close(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, {}
+        for connection in pool.values():
+            connection.fail("the RPC client was closed")
+
+    def _connection_to(self, address: str, deadline: float, nursery: trio.Nursery) -> _Connection:
+        connection = self._pool.get(address)
+        if connection is None:
+            connection = self._pool[address] = _Connection(address, deadline)
+            nursery.start_soon(
+                self._run_connection, connection, name=f"tinyraft rpc connection to {address}"
+            )
+        elif not connection.ready.is_set():
+            connection.scope.deadline = max(connection.scope.deadline, deadline)
+        return connection
+
+    def _forget(self, connection: _Connection, reason: str) -> None:
+        connection.fail(reason)
+        if self._pool.get(connection.address) is connection:
+            del self._pool[connection.address]
+
+    async def _run_connection(self, connection: _Connection) -> None:
+        """Own one connection: open it, then run its writer and reader until it fails."""
+        address = connection.address
+        try:
+            with connection.scope:
+                try:
+                    stream, decoder = await self._connect(address)
+                except _ConnectFailed as exc:
+                    logger.info("cannot connect to %s: %s", address, exc)
+                    self._forget(connection, str(exc))
+                    return
+                connection.scope.deadline = math.inf
+                self._connects += 1
+                connection.ready.set()
+                async with stream, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write, connection, stream)
+                    await self._read(connection, stream, decoder)
+        finally:
+            # Reached without a failure only if the connect deadline passed (every request
+            # waiting for it had given up) or the client is shutting down.
+            self._forget(
+                connection,
+                "no handshake before the requests' deadline"
+                if connection.scope.cancelled_caught and not connection.ready.is_set()
+                else "the RPC client was closed",
+            )
+
+    async def _connect(self, address: str) -> tuple[trio.SocketStream, FrameDecoder]:
+        """Connect to ``address`` and exchange handshakes.
+
+        Raises:
+            _ConnectFailed: unreachable, or the other side is not a node of our cluster.
+        """
+        host, port = parse_address(address, field_name="address")
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise _ConnectFailed(f"cannot connect: {str(exc) or repr(exc)}") from None
+        decoder = FrameDecoder(self._max_frame_bytes)
+        try:
+            await stream.send_all(self._handshake_frame)
+            received = await receive_handshake(stream, decoder)
+            if received is None:
+                raise _ConnectFailed(
+                    "the node closed the connection during the handshake "
+                    "(another cluster or protocol version? see its log)"
+                )
+            handshake, messages = received
+            if handshake.protocol_version != PROTOCOL_VERSION:
+                raise _ConnectFailed(
+                    f"the node speaks protocol version {handshake.protocol_version}, "
+                    f"not {PROTOCOL_VERSION}"
+                )
+            if handshake.cluster_id != self._cluster_id:
+                raise _ConnectFailed(
+                    f"the node belongs to cluster {handshake.cluster_id!r}, "
+                    f"not {self._cluster_id!r}"
+                )
+            if messages:
+                raise _ConnectFailed(
+                    f"the node sent a {type(messages[0]).__name__} before any request"
+                )
+            return stream, decoder
+        except ProtocolError as exc:
+            await trio.aclose_forcefully(stream)
+            raise _ConnectFailed(f"bad handshake: {exc}") from None
+        except _NETWORK_ERRORS as exc:
+            await trio.aclose_forcefully(stream)
+            raise _ConnectFailed(f"connection lost during the handshake: {exc!r}") from None
+        except BaseException:
+            # Includes _ConnectFailed and Cancelled; aclose_forcefully never blocks.
+            await trio.aclose_forcefully(stream)
+            raise
+
+    async def _write(self, connection: _Connection, stream: trio.SocketStream) -> None:
+        """The connection's only writer: send queued requests, several per write."""
+        outbox = connection.outbox
+        try:
+            while True:
+                while not outbox:
+                    connection.wakeup = trio.Event()
+                    await connection.wakeup.wait()
+                size = 0
+                count = 0
+                while count < len(outbox) and size < _MAX_WRITE_BYTES:
+                    size += len(outbox[count])
+                    count += 1
+                data = b"".join(outbox[:count])
+                del outbox[:count]
+                await stream.send_all(data)
+        except _NETWORK_ERRORS as exc:
+            logger.info("lost connection to %s: %r", connection.address, exc)
+            self._forget(connection, f"connection lost: {exc!r}")
+
+    async def _read(
+        self, connection: _Connection, stream: trio.SocketStream, decoder: FrameDecoder
+    ) -> None:
+        """The connection's only reader: hand each Response to the call waiting for it."""
+        address = connection.address
+        calls = connection.calls
+        try:
+            while True:
+                data = await stream.receive_some(_RECEIVE_BYTES)
+                if not data:
+                    logger.info("%s closed the connection", address)
+                    self._forget(connection, "the node closed the connection")
+                    return
+                for message in decoder.feed(data):
+                    if not isinstance(message, Response):
+                        raise ProtocolError(f"expected a Response, got {type(message).__name__}")
+                    call = calls.pop(message.request_id, None)
+                    if call is not None:
+                        call.response = message
+                        call.done.set()
+                    # Otherwise its caller gave up (timeout, cancellation): discarded.
+        except ProtocolError as exc:
+            logger.warning("closing connection to %s: %s", address, exc)
+            self._forget(connection, f"bad frame from the node: {exc}")
+        except _NETWORK_ERRORS as exc:
+            logger.info("lost connection to %s: %r", address, exc)
+            self._forget(connection, f"connection lost: {exc!r}")
+
+
+@asynccontextmanager
+async def open_rpc_client(
+    *,
+    client_id: str,
+    cluster_id: str,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    rng: random.Random | None = None,
+) -> AsyncIterator[RpcClient]:
+    """Run an ``RpcClient`` (see there for the arguments) for the duration of the block.
+
+    The client's connection tasks run in a nursery owned by this context manager. Leaving
+    the block closes every connection and ends those tasks; requests still waiting (from
+    other tasks) fail with ``TransportError``. An exception raised in the block comes out
+    as raised, not wrapped in an exception group.
+
+    Raises:
+        ValueError: an argument is invalid.
+    """
+    client = RpcClient(
+        client_id=client_id, cluster_id=cluster_id, max_frame_bytes=max_frame_bytes, rng=rng
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            client._nursery = nursery
+            try:
+                yield client
+            finally:
+                client._close()
+                client._nursery = None
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The caller's own exception passes through the client's nursery on its way out;
+        # give it back as raised, so `except TransportError:` around the block works.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
