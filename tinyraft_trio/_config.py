@@ -82,11 +82,12 @@ class RaftConfig:
         snapshot_chunk_bytes: most snapshot bytes in one InstallSnapshot message.
         promote_within_entries: a learner added as a voter is promoted once its log is
             within this many entries of the leader's.
-        bootstrap: with no existing state, form a one-node cluster of this node. (A node
-            with neither ``peers`` nor ``join`` does this too.)
-        join: addresses of existing members to ask to add this node; with no existing state
-            and no ``peers``, the node waits to be added instead of forming a cluster.
+        bootstrap: with no existing state, form a one-node cluster of this node.
+        join: addresses of existing members to ask to add this node (it asks on every
+            start: joining again is a no-op). A node with no state and neither ``peers``
+            nor ``bootstrap`` waits to be added; it never forms a cluster of its own.
         voter: join as a voter (after catching up as a learner) or stay a learner.
+        join_timeout: how long a joining node keeps asking before it gives up (and logs).
     """
 
     node_id: NodeId | None = None
@@ -110,6 +111,7 @@ class RaftConfig:
     bootstrap: bool = False
     join: tuple[str, ...] = ()
     voter: bool = True
+    join_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
@@ -168,6 +170,7 @@ class RaftConfig:
             if not isinstance(address, str):
                 raise ValueError(f"join: expected 'host:port' addresses, got {address!r}")
             parse_address(address, field_name="join")
+        _check_positive_number("join_timeout", self.join_timeout, upper=86400 * 365)
         if self.bootstrap and (self.join or self.peers):
             raise ValueError("bootstrap: a bootstrapping node takes neither peers nor join")
         if self.seed is not None:

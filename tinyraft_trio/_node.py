@@ -15,11 +15,13 @@ Task shape (one nursery per node):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import random
 from typing import Protocol
 
+import msgpack
 import trio
 
 from ._config import RaftConfig, parse_address
@@ -45,6 +47,7 @@ from ._exceptions import (
     RaftError,
     StorageFailedError,
 )
+from ._rpc import Request, Response, TransportError
 from ._state_machine import StateMachine
 from ._status import MemberStatus, NodeStatus
 from ._storage import Storage
@@ -131,7 +134,7 @@ class RaftNode:
         # The initial configuration, used only if storage holds none (§ "Bootstrap" in
         # the README): the peers; else this node alone; or, when joining, nobody yet.
         self._members: dict[NodeId, str] = dict(config.peers)
-        if not self._members and not config.join:
+        if config.bootstrap:
             self._members = {self.id: config.advertise_address}
         self._core: RaftCore | None = None
         self._nursery: trio.Nursery | None = None
@@ -477,11 +480,20 @@ class RaftNode:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await nursery.start(self._transport.serve, self.id, self._deliver, self._address_of)
+                serve = functools.partial(
+                    self._transport.serve,
+                    self.id,
+                    self._deliver,
+                    self._address_of,
+                    handle_request=self._handle_request,
+                )
+                await nursery.start(serve)
                 nursery.start_soon(self._run_election_timer)
                 nursery.start_soon(self._run_ready_loop)
                 nursery.start_soon(self._run_applier)
                 self._reset_election_timer()
+                if self.config.join:
+                    nursery.start_soon(self._join_cluster)
                 task_status.started()
         finally:
             self._closed = True
@@ -725,6 +737,77 @@ class RaftNode:
                 logger.warning("%s: lost contact with a majority; stepping down", self.id)
                 self._after_core()
 
+    # ------------------------------------------------------------------ requests
+
+    async def _handle_request(self, requester: str, request: Request) -> Response:
+        """Answer a request from a node or a client (see the methods below)."""
+        if request.method == "join":
+            return await self._answer_join(request)
+        return _error(request, f"unknown method {request.method!r}")
+
+    async def _answer_join(self, request: Request) -> Response:
+        """Add the requesting node; a follower forwards the request to its leader."""
+        try:
+            node_id, address, voter = msgpack.unpackb(request.body)
+            if not isinstance(address, str) or not isinstance(voter, bool):
+                raise TypeError("bad join request")
+        except Exception:
+            return _error(request, "malformed join request")
+        core = self._running_core()
+        if core.role is Role.LEADER:
+            try:
+                await self.add_member(node_id, address, voter=voter)
+            except RaftError as exc:
+                return _error(request, f"{type(exc).__name__}: {exc}")
+            return Response(request_id=request.request_id, ok=True, body=b"")
+        leader_address = self._address_of(core.leader_id)
+        if core.leader_id is None or not leader_address:
+            return _error(request, "no leader known yet")
+        try:
+            response = await self._transport.request(
+                leader_address, "join", request.body, timeout=self._join_request_timeout
+            )
+        except TransportError as exc:
+            return _error(request, f"could not reach the leader: {exc}")
+        return Response(request_id=request.request_id, ok=response.ok, body=response.body)
+
+    @property
+    def _join_request_timeout(self) -> float:
+        return max(5.0, 20 * self.config.election_timeout)
+
+    async def _join_cluster(self) -> None:
+        """Ask the members at ``config.join`` to add this node, until one of them does.
+
+        Joining is idempotent, so a restarted node asks again: a no-op, or an address update.
+        """
+        body = msgpack.packb([self.id, self.config.advertise_address, self.config.voter])
+        addresses = list(self.config.join)
+        delay = self.config.heartbeat_interval
+        last_problem = ""
+        with trio.move_on_after(self.config.join_timeout):
+            while True:
+                for address in addresses:
+                    try:
+                        response = await self._transport.request(
+                            address, "join", body, timeout=self._join_request_timeout
+                        )
+                    except TransportError as exc:
+                        last_problem = str(exc)
+                        continue
+                    if response.ok:
+                        logger.info("%s: joined the cluster through %s", self.id, address)
+                        return
+                    last_problem = f"{address}: {response.body.decode(errors='replace')}"
+                await trio.sleep(delay * (1 + self._random.random()))
+                delay = min(delay * 2, 2.0)
+        logger.error(
+            "%s: could not join through %s within %s s: %s",
+            self.id,
+            ", ".join(addresses),
+            self.config.join_timeout,
+            last_problem,
+        )
+
     # ------------------------------------------------------------------ reacting to the core
 
     def _deliver(self, sender: NodeId, message: Message) -> None:
@@ -857,3 +940,7 @@ def _check_member_id(node_id: object) -> None:
         raise MembershipChangeError(f"invalid node id {node_id!r}")
     if any(ch.isspace() for ch in node_id) or "=" in node_id or "," in node_id:
         raise MembershipChangeError(f"invalid node id {node_id!r}")
+
+
+def _error(request: Request, message: str) -> Response:
+    return Response(request_id=request.request_id, ok=False, body=message.encode())

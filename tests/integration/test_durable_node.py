@@ -22,6 +22,7 @@ def free_port() -> int:
 def durable_config(data_dir: Path, **changes: object) -> RaftConfig:
     values: dict[str, object] = {
         "node_id": "solo",
+        "bootstrap": True,
         "listen": f"127.0.0.1:{free_port()}",
         "election_timeout": 0.05,
         "heartbeat_interval": 0.01,

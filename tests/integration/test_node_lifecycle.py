@@ -30,6 +30,7 @@ def single_node_config(**changes: object) -> RaftConfig:
     address = f"127.0.0.1:{free_port()}"
     values: dict[str, object] = {
         "node_id": "solo",
+        "bootstrap": True,
         "listen": address,
         "election_timeout": 0.05,
         "heartbeat_interval": 0.01,

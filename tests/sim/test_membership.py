@@ -220,3 +220,30 @@ async def test_transfer_times_out_and_the_old_leader_resumes(autojump_clock: obj
             await leader.transfer_leadership(target)
         assert leader.status().role is Role.LEADER
         await leader.apply(b"accepted again")
+
+
+async def test_nodes_join_by_asking_any_member(autojump_clock: object) -> None:
+    """A node started with join addresses asks a member, which forwards to the leader."""
+    async with open_memory_cluster(3, seed=31) as cluster:
+        leader = await leader_of(cluster)
+        await cluster.start_new("n4", join=True)
+        await cluster.start_new("n5", join=True)
+        with trio.fail_after(20):
+            await cluster.wait_until(lambda: voters(leader) == {"n1", "n2", "n3", "n4", "n5"})
+        await converge(cluster)
+        # Asking again after a restart is a no-op.
+        await cluster.restart("n4")
+        await trio.sleep(5)
+        assert voters(await leader_of(cluster)) == {"n1", "n2", "n3", "n4", "n5"}
+
+
+async def test_a_node_without_peers_bootstrap_or_join_waits(autojump_clock: object) -> None:
+    """It must never form a cluster of its own."""
+    async with open_memory_cluster(1, seed=32) as cluster:
+        leader = await leader_of(cluster)
+        lonely = await cluster.start_new("n2")
+        await trio.sleep(10)
+        assert lonely.status().role is Role.FOLLOWER
+        assert lonely.status().term == 0
+        await leader.add_member("n2", cluster.address_of("n2"), voter=False)
+        await converge(cluster)

@@ -56,6 +56,7 @@ class MemoryCluster:
     ) -> None:
         self.node_ids = node_ids
         self._initial = list(node_ids)
+        self._joining: set[NodeId] = set()
         self.network = network
         self.checker = SafetyChecker()
         make_storage = storage_factory or (lambda node_id: MemoryStorage())
@@ -86,8 +87,11 @@ class MemoryCluster:
             "seed": self._seed * 1_000_003 + self._restarts,
         }
         if node_id in self._initial:
-            values["peers"] = {peer: self.address_of(peer) for peer in self._initial}
-        else:
+            if len(self._initial) == 1:
+                values["bootstrap"] = True
+            else:
+                values["peers"] = {peer: self.address_of(peer) for peer in self._initial}
+        elif node_id in self._joining:
             values["join"] = tuple(self.address_of(peer) for peer in self._initial)
         values.update(self._overrides)
         return RaftConfig(**values)
@@ -102,7 +106,7 @@ class MemoryCluster:
             self.config_for(node_id),
             state_machine,
             storage=self.storages[node_id],
-            transport=self.network.transport(node_id),
+            transport=self.network.transport(node_id, self.address_of(node_id)),
             observer=_ClusterObserver(self),
         )
         scope = trio.CancelScope()
@@ -120,10 +124,16 @@ class MemoryCluster:
         self._nodes[node_id] = node  # listed once it runs: status() works from then on
         return node
 
-    async def start_new(self, node_id: NodeId) -> RaftNode:
-        """Start a node that is not a member yet: it waits for ``add_member`` on the leader."""
+    async def start_new(self, node_id: NodeId, *, join: bool = False) -> RaftNode:
+        """Start a node that is not a member yet.
+
+        With ``join`` it asks the initial members to add it (``RaftConfig.join``); without,
+        it waits for a leader's ``add_member``.
+        """
         if node_id in self.storages:
             raise RuntimeError(f"{node_id} already exists")
+        if join:
+            self._joining.add(node_id)
         self.node_ids.append(node_id)
         self.storages[node_id] = self._make_storage(node_id)
         return await self.start(node_id)
