@@ -166,6 +166,7 @@ class RaftNode:
         self._snapshot_done = trio.Event()
         self._storage_error: str | None = None
         self._progress_changed = trio.Event()
+        self._promoting: set[NodeId] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -755,11 +756,19 @@ class RaftNode:
             return _error(request, "malformed join request")
         core = self._running_core()
         if core.role is Role.LEADER:
+            # Answer once the node is a learner: it needs the members' addresses (in the
+            # answer) to reply to the leader at all. Promotion follows in the background.
             try:
-                await self.add_member(node_id, address, voter=voter)
+                current = next((m for m in core.membership.members if m.id == node_id), None)
+                await self.add_member(node_id, address, voter=current is not None and current.voter)
             except RaftError as exc:
                 return _error(request, f"{type(exc).__name__}: {exc}")
-            return Response(request_id=request.request_id, ok=True, body=b"")
+            if voter and node_id not in self._promoting and self._nursery is not None:
+                self._promoting.add(node_id)
+                self._nursery.start_soon(self._promote, node_id, address)
+            members = self._running_core().membership.members
+            body = msgpack.packb([[m.id, m.address, m.voter] for m in members])
+            return Response(request_id=request.request_id, ok=True, body=body)
         leader_address = self._address_of(core.leader_id)
         if core.leader_id is None or not leader_address:
             return _error(request, "no leader known yet")
@@ -770,6 +779,30 @@ class RaftNode:
         except TransportError as exc:
             return _error(request, f"could not reach the leader: {exc}")
         return Response(request_id=request.request_id, ok=response.ok, body=response.body)
+
+    def _learn_members(self, body: bytes) -> None:
+        """Remember the members' addresses from a join answer (to reply before the log says)."""
+        try:
+            rows = msgpack.unpackb(body)
+            self._members.update({str(row[0]): str(row[1]) for row in rows})
+        except Exception:
+            logger.warning("%s: malformed join answer ignored", self.id)
+
+    def _joined(self) -> bool:
+        """Whether this node is a member, and a voter if it asked to be one."""
+        core = self._running_core()
+        if self.config.voter:
+            return self.id in core.voters
+        return self.id in core.membership.ids or self.id in self._members
+
+    async def _promote(self, node_id: NodeId, address: str) -> None:
+        """Promote a learner that joined as a voter once it caught up (see add_member)."""
+        try:
+            await self.add_member(node_id, address, voter=True)
+        except RaftError as exc:
+            logger.info("%s: did not promote %s: %s", self.id, node_id, exc)
+        finally:
+            self._promoting.discard(node_id)
 
     @property
     def _join_request_timeout(self) -> float:
@@ -795,8 +828,12 @@ class RaftNode:
                         last_problem = str(exc)
                         continue
                     if response.ok:
-                        logger.info("%s: joined the cluster through %s", self.id, address)
-                        return
+                        self._learn_members(response.body)
+                        if self._joined():
+                            logger.info("%s: joined the cluster through %s", self.id, address)
+                            return
+                        last_problem = "waiting to be promoted to voter"
+                        break
                     last_problem = f"{address}: {response.body.decode(errors='replace')}"
                 await trio.sleep(delay * (1 + self._random.random()))
                 delay = min(delay * 2, 2.0)

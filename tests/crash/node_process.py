@@ -19,6 +19,10 @@ The control protocol is one JSON object per line over TCP, a reply line per requ
   "commands": [HEX, ...]}`` (``commands`` only unless ``"commands": false``)
 - ``{"op": "wait_applied", "index": N, "timeout": S}`` -> ``{"ok": last_applied}`` |
   ``{"timeout": last_applied}``
+- ``{"op": "add_member", "id": ID, "address": A, "voter": BOOL}`` and
+  ``{"op": "remove_member", "id": ID}`` -> ``{"ok": true}`` | ``{"not_leader": id}`` |
+  ``{"unknown": reason}`` | ``{"error": reason}``; ``{"op": "members"}`` -> ``{"members":
+  [{"id", "address", "voter"}, ...]}``
 
 Once the node runs and the control port listens, one line goes to stdout:
 ``ready control=HOST:PORT`` (so ``--control 127.0.0.1:0`` picks a free port). Logs go to
@@ -38,6 +42,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import trio
@@ -75,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trailing-entries", type=int, default=10)
     parser.add_argument("--segment-bytes", type=int, default=64 * 1024)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--bootstrap", action="store_true", help="form a one-node cluster")
+    parser.add_argument("--join", action="append", default=[], help="host:port of a member")
+    parser.add_argument("--non-voter", action="store_true", help="join as a learner")
     parser.add_argument("--max-lifetime", type=float, default=600.0)
     return parser.parse_args(argv)
 
@@ -123,6 +131,19 @@ class ControlServer:
             return self.state(with_commands=request.get("commands", True))
         if op == "wait_applied":
             return await self.wait_applied(request["index"], request.get("timeout", 10))
+        if op == "add_member":
+            return await self.change(
+                self.node.add_member(request["id"], request["address"], voter=request["voter"])
+            )
+        if op == "remove_member":
+            return await self.change(self.node.remove_member(request["id"]))
+        if op == "members":
+            return {
+                "members": [
+                    {"id": m.id, "address": m.address, "voter": m.voter}
+                    for m in self.node.status().members
+                ]
+            }
         return {"error": f"unknown op {op!r}"}
 
     async def apply(self, command: bytes, seconds: float) -> dict[str, Any]:
@@ -134,6 +155,17 @@ class ControlServer:
             return {"not_leader": exc.leader_id}
         except (LeadershipLostError, NodeClosedError) as exc:
             return {"unknown": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    async def change(self, change: Coroutine[Any, Any, None]) -> dict[str, Any]:
+        try:
+            with trio.move_on_after(10):
+                await change
+                return {"ok": True}
+            return {"unknown": "no answer within 10 s"}
+        except NotLeaderError as exc:
+            return {"not_leader": exc.leader_id}
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -188,6 +220,9 @@ async def run(args: argparse.Namespace) -> None:
         trailing_entries=args.trailing_entries,
         segment_bytes=args.segment_bytes,
         seed=args.seed,
+        bootstrap=args.bootstrap,
+        join=tuple(args.join),
+        voter=not args.non_voter,
     )
     machine = RecordingStateMachine()
     host, port = _split_address(args.control)
