@@ -453,9 +453,17 @@ class RaftNode:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until cancelled. ``task_status.started()`` once it serves peers."""
         state = await self._storage.load()
+        fresh = state.snapshot is None and not state.entries and state.hard_state.current_term == 0
+        if fresh and self._members:
+            # Bootstrap: record the initial configuration durably, as an empty snapshot at
+            # index 0, so a restart resumes with it whatever peers the config names then.
+            initial = Membership.of_voters(self._members)
+            empty = SnapshotMeta(index=0, term=0, membership=initial, size=0)
+            await self._storage.save_snapshot(empty, b"")
+            state = dataclasses.replace(state, snapshot=empty)
         core = RaftCore(
             node_id=self.id,
-            membership=Membership.of_voters(self._members),
+            membership=Membership(),
             settings=CoreSettings(
                 election_timeout=self.config.election_timeout,
                 max_entries_per_append=self.config.max_entries_per_append,
@@ -469,9 +477,10 @@ class RaftNode:
             entries=state.entries,
         )
         if state.snapshot is not None:
-            # Restart: the state machine resumes from the snapshot; the log replays after it.
-            self._state_machine.restore(await self._storage.read_snapshot())
-            self._last_applied = state.snapshot.index
+            if state.snapshot.index > 0:
+                # Restart: the state machine resumes from the snapshot, the log replays after.
+                self._state_machine.restore(await self._storage.read_snapshot())
+                self._last_applied = state.snapshot.index
             self._members.update(
                 {member.id: member.address for member in state.snapshot.membership.members}
             )

@@ -89,3 +89,19 @@ async def test_a_generated_node_id_is_kept_in_the_data_dir(tmp_path: Path) -> No
         async with open_raft_node(config, RecordingStateMachine()) as node:
             assert node.id == first
     assert (tmp_path / "node_id").read_text().strip() == first
+
+
+async def test_existing_state_ignores_bootstrap_and_peers(tmp_path: Path) -> None:
+    """The initial configuration is recorded once; a restart resumes with what is stored."""
+    config = durable_config(tmp_path)
+    with trio.fail_after(10):
+        async with open_raft_node(config, RecordingStateMachine()) as node:
+            await node.wait_for_leader()
+            await node.apply(b"x")
+        other_peers = config.replace(
+            bootstrap=False, peers={"solo": config.listen, "ghost": "127.0.0.1:9"}
+        )
+        async with open_raft_node(other_peers, RecordingStateMachine()) as node:
+            assert [m.id for m in node.status().members] == ["solo"]
+            await node.wait_for_leader()  # alone, as before: "ghost" is not a member
+            assert await node.apply(b"y") == 2
