@@ -753,7 +753,30 @@ class RaftNode:
         """Answer a request from a node or a client (see the methods below)."""
         if request.method == "join":
             return await self._answer_join(request)
+        if request.method == "status":
+            await trio.lowlevel.checkpoint()
+            return Response(request_id=request.request_id, ok=True, body=self._status_body())
         return _error(request, f"unknown method {request.method!r}")
+
+    def _status_body(self) -> bytes:
+        status = self.status()
+        body: bytes = msgpack.packb(
+            {
+                "id": status.id,
+                "role": status.role.value,
+                "term": status.term,
+                "leader_id": status.leader_id,
+                "commit_index": status.commit_index,
+                "last_applied": status.last_applied,
+                "last_log_index": status.last_log_index,
+                "snapshot_index": status.snapshot_index,
+                "storage_error": status.storage_error,
+                "members": [
+                    {"id": m.id, "address": m.address, "voter": m.voter} for m in status.members
+                ],
+            }
+        )
+        return body
 
     async def _answer_join(self, request: Request) -> Response:
         """Add the requesting node; a follower forwards the request to its leader."""

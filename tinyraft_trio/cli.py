@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from ._cli_node import add_node, add_status
 from ._exceptions import RaftError
 from ._storage._check import CheckReport, RepairReport, check_data_dir, repair_data_dir
 
@@ -120,6 +121,8 @@ def _print_repair(repair: RepairReport) -> None:
 # ------------------------------------------------------------------------------ main
 
 SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], Handler]] = {
+    "node": add_node,
+    "status": add_status,
     "check": _add_check,
 }
 
