@@ -753,10 +753,58 @@ class RaftNode:
         """Answer a request from a node or a client (see the methods below)."""
         if request.method == "join":
             return await self._answer_join(request)
+        if request.method == "apply":
+            return await self._answer_apply(request)
         if request.method == "status":
             await trio.lowlevel.checkpoint()
             return Response(request_id=request.request_id, ok=True, body=self._status_body())
         return _error(request, f"unknown method {request.method!r}")
+
+    async def _answer_apply(self, request: Request) -> Response:
+        """Apply a client's command on the leader; a follower forwards it there.
+
+        The answer's body is msgpack: ``["ok", result]``, ``["error", type, message]`` (the
+        state machine raised), ``["not_leader", leader_id, address]`` (certainly not applied),
+        ``["unknown", reason]`` (the outcome is unknown) or ``["failed", reason]`` (certainly
+        not applied).
+        """
+        core = self._running_core()
+        if core.role is not Role.LEADER:
+            return await self._forward(request)
+        try:
+            result = await self.apply(request.body)
+        except NotLeaderError as exc:
+            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+        except (LeadershipLostError, NodeClosedError) as exc:
+            return _answer(request, ["unknown", str(exc)])
+        except (StorageFailedError, ValueError, TypeError) as exc:
+            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+        except Exception as exc:  # the state machine raised: applied, and this is its result
+            return _answer(request, ["error", type(exc).__name__, str(exc)])
+        try:
+            return _answer(request, ["ok", result])
+        except TypeError:
+            return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+
+    async def _forward(self, request: Request) -> Response:
+        """Send a request on to the leader (waiting a little for one) and relay its answer."""
+        with trio.move_on_after(2 * self.config.election_timeout):
+            await self.wait_for_leader()
+        core = self._running_core()
+        leader_address = self._address_of(core.leader_id)
+        if core.leader_id is None or core.leader_id == self.id or not leader_address:
+            return _answer(request, ["not_leader", core.leader_id, leader_address])
+        try:
+            response = await self._transport.request(
+                leader_address, request.method, request.body, timeout=self._forward_timeout
+            )
+        except TransportError as exc:
+            return _answer(request, ["unknown", f"forwarding to the leader failed: {exc}"])
+        return Response(request_id=request.request_id, ok=response.ok, body=response.body)
+
+    @property
+    def _forward_timeout(self) -> float:
+        return max(5.0, 10 * self.config.election_timeout)
 
     def _status_body(self) -> bytes:
         status = self.status()
@@ -1013,3 +1061,8 @@ def _check_member_id(node_id: object) -> None:
 
 def _error(request: Request, message: str) -> Response:
     return Response(request_id=request.request_id, ok=False, body=message.encode())
+
+
+def _answer(request: Request, value: list[object]) -> Response:
+    body: bytes = msgpack.packb(value)
+    return Response(request_id=request.request_id, ok=value[0] in ("ok", "error"), body=body)
