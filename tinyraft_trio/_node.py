@@ -418,12 +418,27 @@ class RaftNode:
         while core.log.term_at(core.commit_index) != core.current_term:
             await self._applied_changed.wait()
             core = self._require_leader()
+        if not self._quorum_in_contact(core):
+            raise MembershipChangeError(
+                "the leader has not heard from a majority of voters within an election "
+                "timeout; a change could not commit"
+            )
         try:
             entry = core.propose_membership(membership)
         except ValueError as exc:
             raise MembershipChangeError(str(exc)) from None
         logger.info("%s: membership change at index %d: %s", self.id, entry.index, membership)
         await self._wait_applied_entry(entry)
+
+    def _quorum_in_contact(self, core: RaftCore) -> bool:
+        now = trio.current_time()
+        heard = {self.id}
+        for peer in core.voter_peers:
+            progress = core.progress(peer)
+            contact = progress.last_contact if progress is not None else None
+            if contact is not None and now - contact < self.config.election_timeout:
+                heard.add(peer)
+        return len(heard & core.voters) > len(core.voters) // 2
 
     def _is_voter(self, node_id: NodeId) -> bool:
         return node_id in self._running_core().voters

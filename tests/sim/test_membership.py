@@ -247,3 +247,31 @@ async def test_a_node_without_peers_bootstrap_or_join_waits(autojump_clock: obje
         assert lonely.status().term == 0
         await leader.add_member("n2", cluster.address_of("n2"), voter=False)
         await converge(cluster)
+
+
+async def test_a_change_without_a_quorum_is_refused_at_once(autojump_clock: object) -> None:
+    """Refused with a clear error, never left pending: MembershipChangeError while the cut-off
+    leader still leads, NotLeaderError once check-quorum has stepped it down."""
+    async with open_memory_cluster(3, seed=33) as cluster:
+        leader = await leader_of(cluster)
+        await cluster.apply(b"x")
+        others = [i for i in cluster.node_ids if i != leader.id]
+        timeout = leader.config.election_timeout
+        cluster.network.partition([leader.id], others)
+
+        def followers_silent() -> bool:
+            return all(
+                m.last_contact is not None and m.last_contact > timeout
+                for m in leader.status().members
+                if m.id != leader.id
+            )
+
+        # Staleness grows with (virtual) time, not with events: step through time.
+        for _ in range(int(3 * timeout / 0.001)):
+            if leader.status().role is not Role.LEADER or followers_silent():
+                break
+            await trio.sleep(0.001)
+        expected = MembershipChangeError if leader.status().role is Role.LEADER else NotLeaderError
+        with pytest.raises(expected):
+            await leader.remove_member(others[0])
+        assert member_ids(leader) == set(cluster.node_ids)
