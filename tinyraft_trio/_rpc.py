@@ -19,13 +19,14 @@ import math
 import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 import trio
 
 from ._config import parse_address
 from ._exceptions import RaftError
+from ._outbox import Outbox
 from ._wire import (
     MAX_ID_CHARS,
     MAX_METHOD_CHARS,
@@ -67,8 +68,6 @@ _FRAME_HEADER_BYTES = 4
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 """What a healthy connection expects from the network now and then; handled where met."""
 _RECEIVE_BYTES = 64 * 1024
-_MAX_WRITE_BYTES = 4 * 1024 * 1024
-"""A writer joins queued frames into one write until it holds at least this many bytes."""
 
 
 class TransportError(RaftError):
@@ -276,16 +275,15 @@ class _Call:
 class _Connection:
     """One pooled connection: its pending calls and the frames waiting to be written."""
 
-    __slots__ = ("address", "calls", "failure", "outbox", "ready", "scope", "wakeup")
+    __slots__ = ("address", "calls", "failure", "outbox", "ready", "scope")
 
     def __init__(self, address: str, connect_deadline: float) -> None:
         self.address = address
         self.calls: dict[int, _Call] = {}
         """Invariant: the calls whose request may be on this connection and whose caller
         still waits; each is failed when the connection fails."""
-        self.outbox: list[bytes] = []
+        self.outbox = Outbox()
         """Frames for the writer task, oldest first."""
-        self.wakeup = trio.Event()
         self.ready = trio.Event()
         """Set once the handshake is done or the connection failed, whichever is first."""
         self.failure: str | None = None
@@ -412,8 +410,7 @@ class RpcClient:
                 if connection.failure is not None:
                     raise TransportError(address, connection.failure)
                 connection.calls[request_id] = call
-                connection.outbox.append(frame)
-                connection.wakeup.set()
+                connection.outbox.put(frame)
                 await call.done.wait()
                 if call.response is None:
                     assert call.failure is not None
@@ -424,11 +421,7 @@ class RpcClient:
                 # Given up (timeout or cancellation): forget the call; if its frame is
                 # still queued, it is not sent at all.
                 connection.calls.pop(request_id, None)
-                if connection.outbox and connection.outbox[-1] is frame:
-                    connection.outbox.pop()
-                else:
-                    with suppress(ValueError):
-                        connection.outbox.remove(frame)
+                connection.outbox.discard(frame)
         # The call may have finished just as the deadline passed.
         if call.response is not None:
             return call.response
@@ -545,20 +538,8 @@ class RpcClient:
 
     async def _write(self, connection: _Connection, stream: trio.SocketStream) -> None:
         """The connection's only writer: send queued requests, several per write."""
-        outbox = connection.outbox
         try:
-            while True:
-                while not outbox:
-                    connection.wakeup = trio.Event()
-                    await connection.wakeup.wait()
-                size = 0
-                count = 0
-                while count < len(outbox) and size < _MAX_WRITE_BYTES:
-                    size += len(outbox[count])
-                    count += 1
-                data = b"".join(outbox[:count])
-                del outbox[:count]
-                await stream.send_all(data)
+            await connection.outbox.pump(stream)
         except _NETWORK_ERRORS as exc:
             logger.info("lost connection to %s: %r", connection.address, exc)
             self._forget(connection, f"connection lost: {exc!r}")

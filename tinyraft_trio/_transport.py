@@ -24,6 +24,7 @@ import trio
 from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
+from ._outbox import MAX_WRITE_BYTES, Outbox
 from ._rpc import (
     DEFAULT_MAX_FRAME_BYTES,
     RequestHandler,
@@ -126,8 +127,6 @@ _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 """What a healthy transport expects from the network now and then; handled where met."""
 
 _RECEIVE_BYTES = 64 * 1024
-_MAX_WRITE_BYTES = 4 * 1024 * 1024
-"""A sender joins queued frames into one write until it holds at least this many bytes."""
 _BACKOFF_MIN = 0.02
 _BACKOFF_MAX = 1.0
 
@@ -185,12 +184,11 @@ class _Peer:
 class _Inbound:
     """The answering side of one inbound connection: responses waiting to be written."""
 
-    __slots__ = ("outbox", "requests", "wakeup")
+    __slots__ = ("outbox", "requests")
 
     def __init__(self, max_concurrent_requests: int) -> None:
-        self.outbox: list[bytes] = []
+        self.outbox = Outbox()
         """Response frames for the connection's writer, in the order they were ready."""
-        self.wakeup = trio.Event()
         self.requests = trio.Semaphore(max_concurrent_requests)
         """One token per request being handled; the reader waits for one before reading
         on, so a flood of requests is pushed back onto the sender (TCP flow control)."""
@@ -548,8 +546,7 @@ class TcpTransport:
             frame = await answer_request(
                 handler, peer_id, request, max_frame_bytes=self._max_frame_bytes, log=logger
             )
-            inbound.outbox.append(frame)
-            inbound.wakeup.set()
+            inbound.outbox.put(frame)
         finally:
             inbound.requests.release()
 
@@ -565,20 +562,8 @@ class TcpTransport:
         Writes every response ready at once in one ``send_all``. If the connection fails,
         cancels ``connection_scope``, which ends the connection.
         """
-        outbox = inbound.outbox
         try:
-            while True:
-                while not outbox:
-                    inbound.wakeup = trio.Event()
-                    await inbound.wakeup.wait()
-                size = 0
-                count = 0
-                while count < len(outbox) and size < _MAX_WRITE_BYTES:
-                    size += len(outbox[count])
-                    count += 1
-                data = b"".join(outbox[:count])
-                del outbox[:count]
-                await stream.send_all(data)
+            await inbound.outbox.pump(stream)
         except _NETWORK_ERRORS as exc:
             logger.debug("connection from %s failed while answering: %r", remote, exc)
             connection_scope.cancel()
@@ -715,12 +700,12 @@ class TcpTransport:
             self._messages_dropped += in_flight
 
     def _take_batch(self, to: NodeId, peer: _Peer) -> tuple[bytes, int]:
-        """Encode queued messages (up to about ``_MAX_WRITE_BYTES``) into one buffer."""
+        """Encode queued messages (up to about ``MAX_WRITE_BYTES``) into one buffer."""
         frames = []
         size = 0
         queue = peer.queue
         limit = self._max_frame_bytes + 4
-        while queue and size < _MAX_WRITE_BYTES:
+        while queue and size < MAX_WRITE_BYTES:
             message = queue.popleft()
             frame = encode_frame(message)
             if len(frame) > limit:

@@ -554,15 +554,9 @@ class RaftCore:
         self, sender: NodeId, message: AppendEntriesResponse, now: float
     ) -> None:
         """Advance or rewind a follower's progress; commit what a majority holds (§5.3, §5.4.2)."""
-        if message.term > self.current_term:
-            self.become_follower(message.term, None)
-            return
-        if self.role is not Role.LEADER or message.term != self.current_term:
-            return
-        progress = self._progress.get(sender)
+        progress = self._answering_progress(sender, message.term, now)
         if progress is None:
             return
-        progress.last_contact = now
         if message.success:
             advanced = progress.acknowledge(message.match_index)
             if (
@@ -628,15 +622,9 @@ class RaftCore:
         self, sender: NodeId, message: InstallSnapshotResponse, now: float
     ) -> None:
         """Advance a snapshot transfer; once installed, resume with the log after it."""
-        if message.term > self.current_term:
-            self.become_follower(message.term, None)
-            return
-        if self.role is not Role.LEADER or message.term != self.current_term:
-            return
-        progress = self._progress.get(sender)
+        progress = self._answering_progress(sender, message.term, now)
         if progress is None:
             return
-        progress.last_contact = now
         if progress.state is not ReplicationState.SNAPSHOT:
             return
         if message.last_included_index != progress.snapshot_index:
@@ -684,6 +672,21 @@ class RaftCore:
         self._maybe_commit()
 
     # ------------------------------------------------------------------ internals
+
+    def _answering_progress(self, sender: NodeId, term: Term, now: float) -> Progress | None:
+        """The progress of a follower answering this leader in ``term``, or None to ignore.
+
+        A newer term deposes this node (§5.1); an older term or a non-member is stale.
+        """
+        if term > self.current_term:
+            self.become_follower(term, None)
+            return None
+        if self.role is not Role.LEADER or term != self.current_term:
+            return None
+        progress = self._progress.get(sender)
+        if progress is not None:
+            progress.last_contact = now
+        return progress
 
     def _follow(self, term: Term, leader_id: NodeId, now: float) -> None:
         """Accept ``leader_id`` as the leader of ``term`` (which is >= current_term)."""
