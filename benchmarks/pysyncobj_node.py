@@ -1,0 +1,136 @@
+"""One PySyncObj node for the benchmark: a replicated dict plus a small TCP control server.
+
+Run by ``benchmarks/run.py``; not part of the library. PySyncObj is thread-based, so the
+control server uses threads too. Frames both ways are a 4-byte big-endian length followed
+by one msgpack array:
+
+- client -> node: ``[request_id, "set", key, value]`` or ``[request_id, "status"]``
+- node -> client: ``[request_id, "ok", result]``, ``[request_id, "failed", reason]`` or
+  ``[request_id, "status", {"leader": bool, "leader_address": str | None}]``
+
+A write is answered only when PySyncObj fires its callback; a callback that never fires
+leaves the request unanswered (the client counts it as "unacked").
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+import msgpack
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON
+
+_LENGTH = struct.Struct(">I")
+_FAIL_NAMES = {
+    value: name for name, value in vars(FAIL_REASON).items() if isinstance(value, int)
+}
+
+
+class Store(SyncObj):
+    def __init__(self, self_address: str, partners: list[str], conf: SyncObjConf) -> None:
+        super().__init__(self_address, partners, conf)
+        self._data: dict[str, bytes] = {}
+
+    @replicated
+    def set(self, key: str, value: bytes) -> None:
+        self._data[key] = value
+
+
+def _serve_connection(store: Store, sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    send_lock = threading.Lock()
+    packer_lock = threading.Lock()
+
+    def send(message: list[object]) -> None:
+        with packer_lock:
+            payload = msgpack.packb(message)
+        frame = _LENGTH.pack(len(payload)) + payload
+        try:
+            with send_lock:
+                sock.sendall(frame)
+        except OSError:
+            pass
+
+    buffer = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 16)
+        except OSError:
+            return
+        if not chunk:
+            return
+        buffer += chunk
+        while len(buffer) >= 4:
+            (length,) = _LENGTH.unpack_from(buffer)
+            if len(buffer) < 4 + length:
+                break
+            message = msgpack.unpackb(bytes(buffer[4 : 4 + length]), raw=False)
+            del buffer[: 4 + length]
+            request_id, method = message[0], message[1]
+            if method == "set":
+
+                def callback(result: object, error: int, request_id: int = request_id) -> None:
+                    if error == FAIL_REASON.SUCCESS:
+                        send([request_id, "ok", None])
+                    else:
+                        send([request_id, "failed", _FAIL_NAMES.get(error, str(error))])
+
+                store.set(message[2], message[3], callback=callback)
+            elif method == "status":
+                leader = store._getLeader()
+                send(
+                    [
+                        request_id,
+                        "status",
+                        {
+                            "leader": bool(store._isLeader()),
+                            "leader_address": None if leader is None else str(leader),
+                        },
+                    ]
+                )
+            else:
+                send([request_id, "failed", f"unknown method {method!r}"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--raft", required=True, help="this node's raft address host:port")
+    parser.add_argument("--partner", action="append", default=[], help="other nodes' raft addresses")
+    parser.add_argument("--control", required=True, help="control server address host:port")
+    parser.add_argument("--no-batch", action="store_true", help="appendEntriesUseBatch=False")
+    args = parser.parse_args()
+
+    conf = SyncObjConf(appendEntriesUseBatch=not args.no_batch)
+    store = Store(args.raft, args.partner, conf)
+
+    host, port = args.control.rsplit(":", 1)
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((host, int(port)))
+    server.listen(64)
+
+    def stop(signum: int, frame: object) -> None:
+        store.destroy()
+        time.sleep(0.05)
+        sys.stdout.flush()
+        import os
+
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"pysyncobj node {args.raft} control {args.control}", flush=True)
+    while True:
+        connection, _ = server.accept()
+        threading.Thread(
+            target=_serve_connection, args=(store, connection), daemon=True
+        ).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

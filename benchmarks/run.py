@@ -1,0 +1,405 @@
+"""Benchmark tinyraft_trio against PySyncObj (issue 6): ``python benchmarks/run.py [--quick]``.
+
+One invocation runs both systems, alternating them: a 3-node cluster as separate processes on
+127.0.0.1 and a client in its own process (``bench_client.py``). Configurations:
+
+- ``ours-durable``: tinyraft_trio with data dirs (fsync before acknowledging);
+- ``ours-memory``: tinyraft_trio in memory;
+- ``pso-default``: PySyncObj with its defaults (no journal: nothing on disk);
+- ``pso-nobatch``: PySyncObj with ``appendEntriesUseBatch=False``.
+
+Workloads: writes with 1 (sequential), 64, 1000 and 8000 in flight, 16 B and 1 KiB values;
+leader SIGKILL failover and graceful leader shutdown (SIGTERM) with a client writing
+continuously. Linearizable reads are not available in tinyraft_trio yet, so not measured.
+
+Results go to ``<out>/bench-<time>.json`` and ``.md``, and the Markdown to
+``benchmarks/LATEST.md``. Never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIGS = ["ours-durable", "pso-default", "ours-memory", "pso-nobatch"]
+SIZES = [16, 1024]
+INFLIGHT = [1, 64, 1000, 8000]
+
+
+# ------------------------------------------------------------------------------ machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _busy_seconds() -> float | None:
+    """All CPUs' busy time so far (from /proc/stat), in seconds."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    busy = sum(values[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("trio", "msgpack", "pysyncobj", "tinyraft_trio"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed (source tree)" if name == "tinyraft_trio" else "missing"
+    return found
+
+
+# ------------------------------------------------------------------------------ clusters
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+class Cluster:
+    def __init__(self, config: str, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.addresses: list[str] = []
+        self.logs: list[Path] = []
+
+    def start(self) -> None:
+        env = child_env()
+        if self.config.startswith("ours"):
+            ports = free_ports(3)
+            addresses = [f"127.0.0.1:{p}" for p in ports]
+            peers = [f"--peer=n{i + 1}={a}" for i, a in enumerate(addresses)]
+            for i, address in enumerate(addresses):
+                command = [
+                    sys.executable, "-m", "tinyraft_trio", "node", "--id", f"n{i + 1}",
+                    "--listen", address, *peers, "--log-level", "WARNING",
+                ]  # fmt: skip
+                if self.config == "ours-durable":
+                    data_dir = self.workdir / f"n{i + 1}"
+                    data_dir.mkdir(parents=True, exist_ok=True)
+                    command += ["--data-dir", str(data_dir)]
+                self._spawn(command, env, f"n{i + 1}")
+            self.addresses = addresses
+        else:
+            ports = free_ports(6)
+            raft = [f"127.0.0.1:{p}" for p in ports[:3]]
+            control = [f"127.0.0.1:{p}" for p in ports[3:]]
+            for i in range(3):
+                command = [
+                    sys.executable, str(HERE / "pysyncobj_node.py"), "--raft", raft[i],
+                    *[f"--partner={p}" for j, p in enumerate(raft) if j != i],
+                    "--control", control[i],
+                ]  # fmt: skip
+                if self.config == "pso-nobatch":
+                    command.append("--no-batch")
+                self._spawn(command, env, f"p{i + 1}")
+            self.addresses = control
+
+    def _spawn(self, command: list[str], env: dict[str, str], name: str) -> None:
+        log = self.workdir / f"{name}.log"
+        self.logs.append(log)
+        with open(log, "wb") as handle:
+            self.processes.append(
+                subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+            )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+
+    def run_client(self, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
+        system = "ours" if self.config.startswith("ours") else "pso"
+        plan = dict(plan, system=system, addresses=self.addresses,
+                    pids=[p.pid for p in self.processes])  # fmt: skip
+        try:
+            completed = subprocess.run(
+                [sys.executable, str(HERE / "bench_client.py"), json.dumps(plan)],
+                env=child_env(), capture_output=True, timeout=timeout,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"error": f"client timed out after {timeout:.0f} s"}
+        lines = completed.stdout.decode().strip().splitlines()
+        if completed.returncode != 0 or not lines:
+            return {"error": completed.stderr.decode()[-2000:]}
+        return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def run_config(config: str, plan: dict[str, Any], workroot: Path, timeout: float) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=workroot))
+    cluster = Cluster(config, workdir)
+    cluster.start()
+    try:
+        result = cluster.run_client(plan, timeout)
+    finally:
+        cluster.stop()
+    if "error" in result:
+        tail = b"".join(log.read_bytes()[-600:] for log in cluster.logs if log.exists())
+        result["node_logs_tail"] = tail.decode(errors="replace")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (under two minutes)")
+    parser.add_argument("--out", default="results", help="folder for JSON and Markdown results")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    args = parser.parse_args()
+    configs = [c for c in args.configs.split(",") if c]
+
+    if args.quick:
+        warmup, duration, rounds, failover_rounds = 0.3, 0.8, 1, 1
+    else:
+        warmup, duration, rounds, failover_rounds = 1.0, 3.0, 1, 3
+    points = [
+        {"inflight": k, "size": s, "warmup": warmup, "duration": duration, "timeout": 10.0}
+        for s in SIZES
+        for k in INFLIGHT
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workroot = Path(tempfile.mkdtemp(prefix="tinyraft-bench-"))
+    started_wall = time.time()
+    busy0, own0, load0 = _busy_seconds(), _own_seconds(), os.getloadavg()
+    runs: dict[str, Any] = {c: {"load": [], "failover": [], "graceful": []} for c in configs}
+    try:
+        for _ in range(rounds):
+            for config in configs:
+                print(f"[{time.time() - started_wall:6.1f}s] {config}: load", flush=True)
+                result = run_config(config, {"points": points, "settle": 0.3,
+                                             "failover": _failover_plan("SIGTERM")},
+                                    workroot, timeout=300)  # fmt: skip
+                runs[config]["load"].append(result)
+                runs[config]["graceful"].append(result.get("failover"))
+        for _ in range(failover_rounds):
+            for config in configs:
+                print(f"[{time.time() - started_wall:6.1f}s] {config}: SIGKILL", flush=True)
+                result = run_config(config, {"points": [], "settle": 0.3,
+                                             "failover": _failover_plan("SIGKILL")},
+                                    workroot, timeout=60)  # fmt: skip
+                runs[config]["failover"].append(result.get("failover") or result)
+            if args.quick:
+                break
+        for _ in range(failover_rounds - 1):
+            for config in configs:
+                print(f"[{time.time() - started_wall:6.1f}s] {config}: SIGTERM", flush=True)
+                result = run_config(config, {"points": [], "settle": 0.3,
+                                             "failover": _failover_plan("SIGTERM")},
+                                    workroot, timeout=60)  # fmt: skip
+                runs[config]["graceful"].append(result.get("failover") or result)
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+    wall = time.time() - started_wall
+    busy1, own1, load1 = _busy_seconds(), _own_seconds(), os.getloadavg()
+    others = None
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, ((busy1 - busy0) - (own1 - own0)) / wall)
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "versions": versions(),
+        "wall_seconds": wall,
+        "load": {
+            "our_cores": (own1 - own0) / wall,
+            "other_cores": others,
+            "loadavg_before": load0,
+            "loadavg_after": load1,
+        },
+        "runs": runs,
+    }
+    markdown = render(report)
+    print(markdown)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-{stamp}.json").write_text(json.dumps(report, indent=1))
+    (out / f"bench-{stamp}.md").write_text(markdown)
+    (HERE / "LATEST.md").write_text(markdown)
+    print(f"written: {out / f'bench-{stamp}.json'}, .md and {HERE / 'LATEST.md'}")
+    return 0
+
+
+def _failover_plan(sig: str) -> dict[str, Any]:
+    return {"signal": sig, "writers": 8, "before": 0.5, "limit": 10.0, "after": 0.3}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _point(report: dict[str, Any], config: str, inflight: int, size: int) -> dict[str, Any] | None:
+    found = []
+    for run in report["runs"].get(config, {}).get("load", []):
+        for point in run.get("points", []):
+            if point["inflight"] == inflight and point["size"] == size:
+                found.append(point)
+    if not found:
+        return None
+    # Median run by throughput.
+    found.sort(key=lambda p: p["throughput"])
+    return found[len(found) // 2]
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(ours: float | None, theirs: float | None, higher_is_better: bool = True) -> str:
+    if not ours or not theirs:
+        return "n/a"
+    return f"{ours / theirs:.2f}×" if higher_is_better else f"{theirs / ours:.2f}× better" if ours < theirs else f"{ours / theirs:.2f}× worse"
+
+
+def _counts(items: list[dict[str, Any]]) -> str:
+    total = {"ok": 0, "failed": 0, "unacked": 0}
+    for item in items:
+        for key in total:
+            total[key] += item.get("counts", {}).get(key, 0)
+    return f"{total['ok']}/{total['failed']}/{total['unacked']}"
+
+
+def _median_unavailable(items: list[Any]) -> tuple[float | None, str]:
+    values = [i.get("unavailable_ms") for i in items if isinstance(i, dict)]
+    measured = [v for v in values if v is not None]
+    text = ", ".join(_fmt(v, 0) if v is not None else "never" for v in values)
+    return (statistics.median(measured) if measured else None), text
+
+
+def render(report: dict[str, Any]) -> str:
+    runs = report["runs"]
+    has = lambda c: c in runs  # noqa: E731
+    lines = [
+        f"# tinyraft_trio vs PySyncObj — {report['date']}{' (--quick)' if report['quick'] else ''}",
+        "",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['platform']}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+        + ".",
+        f"Wall time {report['wall_seconds']:.0f} s; this benchmark used "
+        f"{report['load']['our_cores']:.2f} cores on average, other processes "
+        f"{_fmt(report['load']['other_cores'], 2)} cores (loadavg before "
+        f"{report['load']['loadavg_before'][0]:.2f}, after {report['load']['loadavg_after'][0]:.2f}).",
+        "",
+        "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
+        "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
+        "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",
+        "Counts are acknowledged/failed/unacked writes. Linearizable reads: not available yet "
+        "in tinyraft_trio, not measured.",
+        "",
+        "## Writes",
+        "",
+        "| value | in flight | ours-durable ops/s | ours-memory ops/s | pso-default ops/s | "
+        "pso-nobatch ops/s | durable / pso-best | ours-durable p50 / p99 ms | "
+        "pso-best p50 / p99 ms | counts ours-durable | counts pso (both) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in SIZES:
+        for inflight in INFLIGHT:
+            p = {c: _point(report, c, inflight, size) for c in CONFIGS}
+            tp = {c: (p[c]["throughput"] if p[c] else None) for c in CONFIGS}
+            pso = [c for c in ("pso-default", "pso-nobatch") if p[c]]
+            best = max(pso, key=lambda c: tp[c] or 0) if pso else None
+            if inflight == 1 and pso:
+                # Sequential: "best" is the lower latency.
+                best = min(pso, key=lambda c: p[c]["p50_ms"] or 1e9)
+            d = p["ours-durable"]
+            lines.append(
+                f"| {size} B | {inflight}{' (sequential)' if inflight == 1 else ''} "
+                f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
+                f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
+                f"| {_ratio(tp['ours-durable'], tp[best] if best else None)} "
+                f"| {_fmt(d['p50_ms'] if d else None, 2)} / {_fmt(d['p99_ms'] if d else None, 2)} "
+                f"| {_fmt(p[best]['p50_ms'] if best else None, 2)} / "
+                f"{_fmt(p[best]['p99_ms'] if best else None, 2)} ({best or 'n/a'}) "
+                f"| {_counts([d] if d else [])} "
+                f"| {_counts([p[c] for c in pso])} |"
+            )
+    lines += [
+        "",
+        "## Leader loss (8 writers writing continuously; time from the signal to the first "
+        "acknowledged write sent after it)",
+        "",
+        "| config | SIGKILL unavailable ms (median; runs) | counts | SIGTERM (graceful) ms "
+        "(median; runs) | counts |",
+        "|---|---|---|---|---|",
+    ]
+    for config in CONFIGS:
+        if not has(config):
+            continue
+        kill = [x for x in runs[config]["failover"] if x]
+        term = [x for x in runs[config]["graceful"] if x]
+        km, kt = _median_unavailable(kill)
+        tm, tt = _median_unavailable(term)
+        lines.append(
+            f"| {config} | {_fmt(km, 0)} ({kt}) | {_counts(kill)} | {_fmt(tm, 0)} ({tt}) "
+            f"| {_counts(term)} |"
+        )
+    errors = []
+    for config in CONFIGS:
+        for kind in ("load", "failover", "graceful"):
+            for item in runs.get(config, {}).get(kind, []):
+                if isinstance(item, dict) and "error" in item:
+                    errors.append(f"- {config} {kind}: {item['error'][:300]!r}")
+    if errors:
+        lines += ["", "## Errors", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
