@@ -60,3 +60,15 @@ def typecheck(session: nox.Session) -> None:
     # exceptiongroup: the Python 3.10 backport trio depends on there, which mypy checks too.
     session.install("-e", ".", "mypy", "exceptiongroup")
     session.run("mypy", "--strict", "tinyraft_trio")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmark tinyraft_trio against PySyncObj (issue 6); never run by default or in CI.
+
+    Starts 3-node clusters of both as local processes and prints a table; results go to
+    ``results/`` and ``benchmarks/LATEST.md``. ``nox -s bench -- --quick`` takes under two
+    minutes; other arguments pass through to ``benchmarks/run.py``.
+    """
+    session.install("-e", ".", "pysyncobj")
+    session.run("python", "benchmarks/run.py", *session.posargs)
