@@ -47,11 +47,11 @@ class OursBackend:
     def command(key: str, value: str) -> bytes:
         return msgpack.packb(["put", key, value])
 
-    async def write(self, address: str, command: bytes, timeout: float) -> tuple[str, Any]:
+    async def write(self, address: str, command: bytes, seconds: float) -> tuple[str, Any]:
         from tinyraft_trio._rpc import TransportError
 
         try:
-            response = await self.client.request(address, "apply", command, timeout=timeout)
+            response = await self.client.request(address, "apply", command, timeout=seconds)
         except TransportError as exc:
             return "unacked", exc.reason
         if not response.ok:
@@ -150,9 +150,9 @@ class PsoBackend:
                 del self.connecting[address]
                 event.set()
 
-    async def _call(self, address: str, message: list[Any], timeout: float) -> tuple[str, Any]:
+    async def _call(self, address: str, message: list[Any], seconds: float) -> tuple[str, Any]:
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(seconds):
                 connection = await self._connection(address)
         except (OSError, trio.TooSlowError) as exc:
             return "failed", f"connect: {exc!r}"  # nothing was sent
@@ -162,7 +162,7 @@ class PsoBackend:
         slot: list[Any] = [trio.Event(), None]
         connection.pending[request_id] = slot
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(seconds):
                 async with connection.send_lock:
                     await connection.stream.send_all(_LENGTH.pack(len(payload)) + payload)
                 await slot[0].wait()
@@ -174,8 +174,10 @@ class PsoBackend:
             return "unacked", "connection lost"
         return answer[1], answer[2]
 
-    async def write(self, address: str, command: tuple[str, str], timeout: float) -> tuple[str, Any]:
-        return await self._call(address, [0, "set", command[0], command[1]], timeout)
+    async def write(
+        self, address: str, command: tuple[str, str], seconds: float
+    ) -> tuple[str, Any]:
+        return await self._call(address, [0, "set", command[0], command[1]], seconds)
 
     async def is_leader(self, address: str) -> bool:
         kind, status = await self._call(address, [0, "status"], 0.3)
@@ -189,7 +191,7 @@ async def find_leader(backend: Any, addresses: list[str], deadline: float) -> st
     while now() < deadline:
         found: list[str] = []
 
-        async def probe(address: str) -> None:
+        async def probe(address: str, found: list[str] = found) -> None:
             if await backend.is_leader(address):
                 found.append(address)
 
@@ -267,6 +269,7 @@ async def failover(
     state: dict[str, Any] = {"leader": leader, "kill_at": None, "first_ack": None}
     live = [a for a in addresses]
     done_event = trio.Event()
+    first_ack = trio.Event()
     errors: list[str] = []
 
     async def rediscover() -> None:
@@ -284,6 +287,7 @@ async def failover(
                 kill_at = state["kill_at"]
                 if kill_at is not None and sent >= kill_at and state["first_ack"] is None:
                     state["first_ack"] = now()
+                    first_ack.set()
                 continue
             if len(errors) < 8:
                 errors.append(f"{kind}: {detail}")
@@ -302,8 +306,7 @@ async def failover(
         state["kill_at"] = now()
         os.kill(pids[victim], sig)
         with trio.move_on_after(plan["limit"]):
-            while state["first_ack"] is None:
-                await trio.sleep(0.001)
+            await first_ack.wait()
         await trio.sleep(plan["after"])
         done_event.set()
     unavailable = None
@@ -319,7 +322,7 @@ async def failover(
 
 async def main(plan: dict[str, Any]) -> dict[str, Any]:
     addresses: list[str] = plan["addresses"]
-    pids = {address: pid for address, pid in zip(addresses, plan["pids"])}
+    pids = {address: pid for address, pid in zip(addresses, plan["pids"], strict=True)}
     results: dict[str, Any] = {"points": [], "failover": None}
     async with trio.open_nursery() as nursery:
         if plan["system"] == "ours":

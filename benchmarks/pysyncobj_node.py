@@ -27,9 +27,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
 
 _LENGTH = struct.Struct(">I")
-_FAIL_NAMES = {
-    value: name for name, value in vars(FAIL_REASON).items() if isinstance(value, int)
-}
+_FAIL_NAMES = {value: name for name, value in vars(FAIL_REASON).items() if isinstance(value, int)}
 
 
 class Store(SyncObj):
@@ -101,7 +99,9 @@ def _serve_connection(store: Store, sock: socket.socket) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--raft", required=True, help="this node's raft address host:port")
-    parser.add_argument("--partner", action="append", default=[], help="other nodes' raft addresses")
+    parser.add_argument(
+        "--partner", action="append", default=[], help="other nodes' raft addresses"
+    )
     parser.add_argument("--control", required=True, help="control server address host:port")
     parser.add_argument("--no-batch", action="store_true", help="appendEntriesUseBatch=False")
     args = parser.parse_args()
@@ -127,9 +127,7 @@ def main() -> int:
     print(f"pysyncobj node {args.raft} control {args.control}", flush=True)
     while True:
         connection, _ = server.accept()
-        threading.Thread(
-            target=_serve_connection, args=(store, connection), daemon=True
-        ).start()
+        threading.Thread(target=_serve_connection, args=(store, connection), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -300,10 +300,10 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(ours: float | None, theirs: float | None, higher_is_better: bool = True) -> str:
+def _ratio(ours: float | None, theirs: float | None) -> str:
     if not ours or not theirs:
         return "n/a"
-    return f"{ours / theirs:.2f}×" if higher_is_better else f"{theirs / ours:.2f}× better" if ours < theirs else f"{ours / theirs:.2f}× worse"
+    return f"{ours / theirs:.2f}x"
 
 
 def _counts(items: list[dict[str, Any]]) -> str:
@@ -334,7 +334,8 @@ def render(report: dict[str, Any]) -> str:
         f"Wall time {report['wall_seconds']:.0f} s; this benchmark used "
         f"{report['load']['our_cores']:.2f} cores on average, other processes "
         f"{_fmt(report['load']['other_cores'], 2)} cores (loadavg before "
-        f"{report['load']['loadavg_before'][0]:.2f}, after {report['load']['loadavg_after'][0]:.2f}).",
+        f"{report['load']['loadavg_before'][0]:.2f}, "
+        f"after {report['load']['loadavg_after'][0]:.2f}).",
         "",
         "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
         "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
