@@ -54,9 +54,14 @@ class OursBackend:
             response = await self.client.request(address, "apply", command, timeout=seconds)
         except TransportError as exc:
             return "unacked", exc.reason
-        if not response.ok:
+        # The node's answers are msgpack arrays (``ok`` is False for all but "ok" and "error");
+        # an RPC-level problem is plain text.
+        try:
+            answer = msgpack.unpackb(response.body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, list) or not answer:
             return "failed", response.body.decode(errors="replace")
-        answer = msgpack.unpackb(response.body)
         kind = answer[0]
         if kind == "ok":
             return "ok", None

@@ -202,7 +202,7 @@ def main() -> int:
     configs = [c for c in args.configs.split(",") if c]
 
     if args.quick:
-        warmup, duration, rounds, failover_rounds = 0.3, 0.8, 1, 1
+        warmup, duration, rounds, failover_rounds = 0.5, 1.0, 1, 1
     else:
         warmup, duration, rounds, failover_rounds = 1.0, 3.0, 1, 3
     points = [
