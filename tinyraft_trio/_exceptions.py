@@ -57,3 +57,53 @@ class MembershipChangeError(RaftError):
 
 class LeadershipTransferError(RaftError):
     """Leadership could not be handed over in time; this node still leads."""
+
+
+class OutcomeUnknownError(RaftError):
+    """The command may or may not have been applied, and the client cannot tell which.
+
+    Raised when a request may have reached a leader (it was sent and no definite answer came
+    back, or a node answered that the outcome is unknown) and the deadline passed before a
+    retry with the same sequence number got a definite answer. Retrying the same command as a
+    new one may apply it twice; read the state to find out.
+
+    Attributes:
+        reason: the last reason the outcome stayed unknown.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ClusterUnavailableError(RaftError):
+    """No node accepted the request within the timeout; it was certainly not carried out.
+
+    For example every node was unreachable, or none knew of a leader. Retrying is safe.
+
+    Attributes:
+        addresses: the addresses tried.
+        reason: the last reason a node gave (or the last connection failure).
+    """
+
+    def __init__(self, message: str, *, addresses: tuple[str, ...] = (), reason: str = "") -> None:
+        super().__init__(message)
+        self.addresses = addresses
+        self.reason = reason
+
+
+class CommandFailedError(RaftError):
+    """The state machine raised while applying the command (or answering the query).
+
+    For a command, it WAS applied (its effect, if any, stays): this exception is its result,
+    the same on every node. Do not retry it as a new command expecting a different outcome.
+
+    Attributes:
+        type_name: the name of the exception type the state machine raised.
+        message: its message.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"the state machine raised {type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
