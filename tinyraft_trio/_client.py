@@ -199,13 +199,29 @@ def _check_timeout(timeout: object) -> float:
 
 
 def _decode_answer(response: Response) -> list[object]:
-    """The node's msgpack array answer; a refused request becomes ``["failed", reason]``."""
-    if not response.ok:
-        return ["failed", response.body.decode(errors="replace")]
-    answer = msgpack.unpackb(response.body, raw=False)
-    if not isinstance(answer, list) or not answer or not isinstance(answer[0], str):
+    """The node's answer as a msgpack array: ``[kind, ...]``.
+
+    Nodes send "not_leader", "unknown" and "failed" answers with ``ok=False`` and a msgpack
+    body; a plain-text ``ok=False`` body comes from the request channel itself (no handler,
+    unknown method, a handler that raised). The latter becomes ``["failed", text]``, except
+    an internal error, which may have struck after the command was applied: ``["unknown",
+    text]``.
+
+    Raises:
+        ValueError: an ``ok=True`` body that is not a msgpack array starting with a string.
+    """
+    try:
+        answer = msgpack.unpackb(response.body, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        if response.ok:
+            raise
+        answer = None
+    if isinstance(answer, list) and answer and isinstance(answer[0], str):
+        return answer
+    if response.ok:
         raise ValueError(f"malformed answer {answer!r}")
-    return answer
+    text = response.body.decode(errors="replace")
+    return ["unknown" if text.startswith("internal error") else "failed", text]
 
 
 def _text(value: object) -> str:
