@@ -255,6 +255,8 @@ class RaftClient:
         self._rng = rng
         self._next_sequence = 1
         """Invariant: every sequence below this was handed to exactly one apply() call."""
+        self._outstanding: set[int] = set()
+        """Invariant: the sequences of the apply() calls still running."""
         self._round_robin = rng.randrange(len(self._addresses))
         self._leader_address: str | None = None
         """The last address known to lead (or to have answered a command); tried first."""
@@ -306,8 +308,16 @@ class RaftClient:
         attempts = _Attempts(self, "apply", timeout)
         sequence = self._next_sequence
         self._next_sequence += 1
-        body: bytes = msgpack.packb([self.client_id, sequence, command], use_bin_type=True)
-        return await self._run(attempts, "submit", body)
+        self._outstanding.add(sequence)
+        try:
+            # The lowest sequence still waiting lets the cluster forget older results.
+            first_outstanding = min(self._outstanding)
+            body: bytes = msgpack.packb(
+                [self.client_id, sequence, command, first_outstanding], use_bin_type=True
+            )
+            return await self._run(attempts, "submit", body)
+        finally:
+            self._outstanding.discard(sequence)
 
     async def query(
         self,

@@ -65,7 +65,10 @@ class FakeCluster:
 
     async def handle(self, node_id: str, requester: str, request: Request) -> Response:
         if request.method == "submit":
-            client_id, sequence, command = msgpack.unpackb(request.body, raw=False)
+            client_id, sequence, command, first_outstanding = msgpack.unpackb(
+                request.body, raw=False
+            )
+            assert 1 <= first_outstanding <= sequence
             self.submits.append((node_id, client_id, sequence))
             if self.leader != node_id:
                 leader_address = None if self.leader is None else address_of(self.leader)
