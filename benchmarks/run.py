@@ -198,13 +198,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (under two minutes)")
     parser.add_argument("--out", default="results", help="folder for JSON and Markdown results")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument("--rounds", type=int, help="load rounds per config (median reported)")
+    parser.add_argument("--render", metavar="JSON", help="only re-render a results file")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
+    if args.render:
+        markdown = render(json.loads(Path(args.render).read_text()))
+        Path(args.render).with_suffix(".md").write_text(markdown)
+        (HERE / "LATEST.md").write_text(markdown)
+        print(markdown)
+        return 0
 
     if args.quick:
         warmup, duration, rounds, failover_rounds = 0.5, 1.0, 1, 1
     else:
         warmup, duration, rounds, failover_rounds = 1.0, 3.0, 1, 3
+    rounds = args.rounds or rounds
     points = [
         {"inflight": k, "size": s, "warmup": warmup, "duration": duration, "timeout": 10.0}
         for s in SIZES
@@ -337,10 +346,20 @@ def render(report: dict[str, Any]) -> str:
         f"{report['load']['loadavg_before'][0]:.2f}, "
         f"after {report['load']['loadavg_after'][0]:.2f}).",
         "",
+        *(
+            [
+                "**Note: the machine was shared with other work during this run** (see the "
+                "cores used by other processes above); the numbers are noisy.",
+            ]
+            if (report["load"]["other_cores"] or 0) > 0.1
+            else []
+        ),
         "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
         "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
         "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",
-        "Counts are acknowledged/failed/unacked writes. Linearizable reads: not available yet "
+        "Throughput counts writes acknowledged within the measured window (after a warm-up); "
+        "latency is that of those writes. Counts are acknowledged/failed/unacked writes over "
+        "the whole run (including warm-up and drain). Linearizable reads: not available yet "
         "in tinyraft_trio, not measured.",
         "",
         "## Writes",
