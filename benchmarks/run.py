@@ -350,6 +350,7 @@ def render(report: dict[str, Any]) -> str:
             [
                 "**Note: the machine was shared with other work during this run** (see the "
                 "cores used by other processes above); the numbers are noisy.",
+                "",
             ]
             if (report["load"]["other_cores"] or 0) > 0.1
             else []
