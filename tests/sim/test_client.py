@@ -25,6 +25,7 @@ from tinyraft_trio._exceptions import (
     OutcomeUnknownError,
 )
 from tinyraft_trio._rpc import Request, Response
+from tinyraft_trio.testing import MemoryCluster, RecordingStateMachine, open_memory_cluster
 from tinyraft_trio.testing._network import MemoryNetwork
 
 CLIENT = "client-test"
@@ -465,3 +466,154 @@ async def test_arguments_are_checked() -> None:
             await client.apply("text")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="timeout"):
             await client.apply(b"x", timeout=-1)
+
+
+# -- Against a real in-memory cluster (RaftNode's request handler, sessions and forwarding) --
+
+
+@asynccontextmanager
+async def real_client(
+    cluster: MemoryCluster, client_id: str = CLIENT, *, call_timeout: float = 10.0
+) -> AsyncIterator[RaftClient]:
+    async with connect(
+        [cluster.address_of(i) for i in cluster.node_ids],
+        client_id=client_id,
+        timeout=call_timeout,
+        rng=random.Random(11),
+        _rpc=cluster.network.client(client_id),
+    ) as client:
+        yield client
+
+
+def commands_of(cluster: MemoryCluster, node_id: str) -> list[bytes]:
+    machine = cluster.state_machines[node_id]
+    assert isinstance(machine, RecordingStateMachine)
+    return machine.commands
+
+
+async def test_real_cluster_wait_for_ready(autojump_clock: trio.testing.MockClock) -> None:
+    async with (
+        open_memory_cluster(3, seed=1, start=False) as cluster,
+        real_client(cluster) as client,
+    ):
+
+        async def boot() -> None:
+            await trio.sleep(1.0)
+            for node_id in cluster.node_ids:
+                await cluster.start(node_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(boot)
+            start = trio.current_time()
+            assert await client.apply(b"first") == 1
+            assert trio.current_time() - start >= 1.0
+
+
+async def test_real_cluster_leader_crashes_mid_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_memory_cluster(3, seed=2) as cluster, real_client(cluster) as client:
+        sent = []
+        for i in range(30):
+            if i in (10, 20):
+                leader = await cluster.wait_for_leader()
+                await cluster.crash(leader.id)  # connections to it are refused from now on
+                if i == 20:
+                    await cluster.restart(
+                        next(n for n in cluster.node_ids if n not in cluster.running)
+                    )
+            command = f"c{i}".encode()
+            await client.apply(command)
+            sent.append(command)
+        leader = await cluster.wait_for_leader()
+        await cluster.wait_applied(leader.status().commit_index, [leader.id])
+        # Every acknowledged command is applied exactly once, in order.
+        assert commands_of(cluster, leader.id) == sent
+
+
+async def test_real_cluster_retried_command_is_applied_exactly_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(seed=3)
+    cut: list[bool] = []
+
+    class CuttingMachine(RecordingStateMachine):
+        def apply(self, command: bytes) -> object:
+            if command == b"cut" and not cut:
+                # The first node to apply it (the leader) cuts the client off before it can
+                # answer: the client sees a timeout and retries the same sequence.
+                cut.append(True)
+                network.isolate(CLIENT)
+            return super().apply(command)
+
+    async with (
+        open_memory_cluster(
+            3, seed=3, network=network, state_machine_factory=CuttingMachine
+        ) as cluster,
+        real_client(cluster, call_timeout=20.0) as client,
+    ):
+        assert await client.apply(b"before") == 1
+
+        async def heal_later() -> None:
+            await trio.sleep(4.0)
+            network.heal()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heal_later)
+            start = trio.current_time()
+            assert await client.apply(b"cut") == 2  # the first result, not a second apply
+            assert trio.current_time() - start >= 4.0
+        assert await client.apply(b"after") == 3
+        leader = await cluster.wait_for_leader()
+        index = leader.status().commit_index
+        await cluster.wait_applied(index)
+        for node_id in cluster.node_ids:
+            assert commands_of(cluster, node_id) == [b"before", b"cut", b"after"]
+
+
+async def test_real_cluster_outcome_unknown_when_the_leader_is_cut_off_before_commit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_cluster(3, seed=4) as cluster,
+        real_client(cluster, call_timeout=5.0) as client,
+    ):
+        assert await client.apply(b"before") == 1
+        leader = await cluster.wait_for_leader()
+        others = [n for n in cluster.node_ids if n != leader.id]
+        # The leader can hear the client but not its followers: it appends the command and
+        # never commits it.
+        cluster.network.partition({leader.id, CLIENT}, others)
+        with pytest.raises(OutcomeUnknownError):
+            await client.apply(b"limbo")
+        for node_id in others:
+            assert b"limbo" not in commands_of(cluster, node_id)
+
+
+async def test_real_cluster_unavailable_when_every_node_is_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_cluster(3, seed=5) as cluster,
+        real_client(cluster, call_timeout=3.0) as client,
+    ):
+        for node_id in list(cluster.running):
+            await cluster.crash(node_id)
+        with pytest.raises(ClusterUnavailableError, match="connection refused"):
+            await client.apply(b"nowhere")
+
+
+async def test_real_cluster_status_and_two_clients(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_cluster(3, seed=6) as cluster,
+        real_client(cluster, "alice") as alice,
+        real_client(cluster, "bob") as bob,
+    ):
+        # Both clients start at sequence 1: sessions are per client.
+        assert await alice.apply(b"a1") == 1
+        assert await bob.apply(b"b1") == 2
+        statuses = await alice.status()
+        assert len(statuses) == 3
+        assert sum(s.role is Role.LEADER for s in statuses) == 1
