@@ -1,0 +1,138 @@
+"""The client over real TCP, against a three-node cluster of ``open_raft_node`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from tinyraft_trio import RaftConfig, RaftNode, Role, open_raft_node
+from tinyraft_trio._client import RaftClient, connect
+from tinyraft_trio._exceptions import ClusterUnavailableError
+from tinyraft_trio.testing import RecordingStateMachine
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class TcpCluster:
+    """Nodes on real TCP, each in its own task so any one can be shut down or killed alone."""
+
+    def __init__(self, nursery: trio.Nursery, size: int) -> None:
+        self.nursery = nursery
+        ports = free_ports(size)
+        self.peers = {f"n{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports, start=1)}
+        self.nodes: dict[str, RaftNode] = {}
+        self.machines: dict[str, RecordingStateMachine] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+
+    async def start(self, node_id: str) -> None:
+        config = RaftConfig(
+            node_id=node_id,
+            listen=self.peers[node_id],
+            peers=self.peers,
+            election_timeout=0.3,
+            heartbeat_interval=0.05,
+        )
+        machine = self.machines[node_id] = RecordingStateMachine()
+        scope = self.scopes[node_id] = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                async with open_raft_node(config, machine) as node:
+                    self.nodes[node_id] = node
+                    task_status.started()
+                    await trio.sleep_forever()
+
+        await self.nursery.start(run)
+
+    def kill(self, node_id: str) -> None:
+        """Cancel the node (its connections drop); the others see it vanish."""
+        self.scopes.pop(node_id).cancel()
+        del self.nodes[node_id]
+
+    async def leader(self) -> RaftNode:
+        while True:
+            for node in self.nodes.values():
+                if node.status().role is Role.LEADER:
+                    return node
+            await trio.sleep(0.01)
+
+
+async def test_client_applies_through_any_node_and_survives_the_leader_going_away() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cluster = TcpCluster(nursery, 3)
+            addresses = list(cluster.peers.values())
+            # The client exists before any node does: it waits for the cluster (wait-for-ready).
+            async with connect(addresses, client_id="tcp-client", timeout=20.0) as client:
+
+                async def boot() -> None:
+                    await trio.sleep(0.2)
+                    for node_id in cluster.peers:
+                        await cluster.start(node_id)
+
+                nursery.start_soon(boot)
+                sent = []
+                for i in range(40):
+                    if i == 20:
+                        cluster.kill((await cluster.leader()).id)
+                    command = f"c{i}".encode()
+                    await client.apply(command)
+                    sent.append(command)
+
+                statuses = await client.status()
+                assert len(statuses) == 2  # the killed node does not answer
+                leader = await cluster.leader()
+                target = leader.status().commit_index
+                for node in cluster.nodes.values():
+                    await node.wait_applied(target)
+                for node_id in cluster.nodes:
+                    # Each command exactly once, in order, on every live node.
+                    assert cluster.machines[node_id].commands == sent
+            nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_clients_over_tcp() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cluster = TcpCluster(nursery, 3)
+            for node_id in cluster.peers:
+                await cluster.start(node_id)
+            addresses = ",".join(cluster.peers.values())
+            expected: set[bytes] = set()
+            async with connect(addresses) as one, connect(addresses) as two:
+                assert one.client_id != two.client_id
+
+                async def worker(client_number: int, client: RaftClient) -> None:
+                    for i in range(25):
+                        command = f"w{client_number}-{i}".encode()
+                        expected.add(command)
+                        await client.apply(command)
+
+                async with trio.open_nursery() as workers:
+                    for number in range(4):
+                        workers.start_soon(worker, number, one if number % 2 else two)
+            leader = await cluster.leader()
+            commands = cluster.machines[leader.id].commands
+            assert sorted(commands) == sorted(expected)
+            nursery.cancel_scope.cancel()
+
+
+async def test_unreachable_cluster_is_unavailable_quickly() -> None:
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    with trio.fail_after(10):
+        async with connect(addresses, timeout=1.0) as client:
+            with pytest.raises(ClusterUnavailableError) as info:
+                await client.apply(b"x")
+            assert all(address in str(info.value) for address in addresses)
+            assert await client.status() == []
