@@ -97,10 +97,38 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+SOURCE = ROOT
+"""The folder holding the ``tinyraft_trio`` package the nodes run (``--source``)."""
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), env.get("PYTHONPATH", "")]))
     return env
+
+
+def library_info() -> dict[str, str]:
+    """Which tinyraft_trio the nodes import, and the repository's commit and state."""
+    info: dict[str, str] = {}
+    found = subprocess.run(
+        [sys.executable, "-c", "import tinyraft_trio; print(tinyraft_trio.__file__)"],
+        env=child_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    info["imported_from"] = str(Path(found.stdout.strip()).parent)
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    info["repo_head"] = head.stdout.strip() or "unknown"
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "tinyraft_trio"], capture_output=True, text=True
+    )
+    if Path(info["imported_from"]).resolve() == (ROOT / "tinyraft_trio").resolve():
+        changed = len(dirty.stdout.splitlines())
+        info["tree"] = (
+            f"working tree with {changed} uncommitted library file(s)" if changed else "clean"
+        )
+    else:
+        info["tree"] = "--source " + str(SOURCE)
+    return info
 
 
 class Cluster:
@@ -200,8 +228,17 @@ def main() -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     parser.add_argument("--rounds", type=int, help="load rounds per config (median reported)")
     parser.add_argument("--render", metavar="JSON", help="only re-render a results file")
+    parser.add_argument(
+        "--source",
+        metavar="DIR",
+        help="folder holding the tinyraft_trio package to run (default: this repository's), "
+        "e.g. one exported with: git archive HEAD tinyraft_trio | tar -x -C DIR",
+    )
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
+    if args.source:
+        global SOURCE
+        SOURCE = Path(args.source).resolve()
     if args.render:
         markdown = render(json.loads(Path(args.render).read_text()))
         Path(args.render).with_suffix(".md").write_text(markdown)
@@ -266,6 +303,7 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "versions": versions(),
+        "library": library_info(),
         "wall_seconds": wall,
         "load": {
             "our_cores": (own1 - own0) / wall,
@@ -340,6 +378,7 @@ def render(report: dict[str, Any]) -> str:
         f"{report['machine']['platform']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
         + ".",
+        "Library: " + ", ".join(f"{k} {v}" for k, v in report.get("library", {}).items()) + ".",
         f"Wall time {report['wall_seconds']:.0f} s; this benchmark used "
         f"{report['load']['our_cores']:.2f} cores on average, other processes "
         f"{_fmt(report['load']['other_cores'], 2)} cores (loadavg before "
