@@ -378,7 +378,9 @@ def render(report: dict[str, Any]) -> str:
         f"{report['machine']['platform']}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
         + ".",
-        "Library: " + ", ".join(f"{k} {v}" for k, v in report.get("library", {}).items()) + ".",
+        "Library: "
+        + (", ".join(f"{k} {v}" for k, v in report.get("library", {}).items()) or "not recorded")
+        + ".",
         f"Wall time {report['wall_seconds']:.0f} s; this benchmark used "
         f"{report['load']['our_cores']:.2f} cores on average, other processes "
         f"{_fmt(report['load']['other_cores'], 2)} cores (loadavg before "
