@@ -479,7 +479,13 @@ class RaftClient:
                         attempts.hint(address, leader_address)
                 elif kind == "failed":
                     reason = _text(answer[1] if len(answer) > 1 else "failed")
-                    if failed is not None and not attempts.maybe_applied:
+                    if failed is not None:
+                        # A membership change has no session: a refusal after an attempt
+                        # that may have gone through (e.g. "already a member") says nothing
+                        # about that attempt.
+                        if attempts.maybe_applied:
+                            attempts.last_reason = f"{address}: {reason}"
+                            raise attempts.outcome_unknown()
                         raise failed(reason)
                     attempts.refused(address, reason)
                 elif kind == "unknown" and not read_only:

@@ -617,3 +617,23 @@ async def test_real_cluster_status_and_two_clients(
         statuses = await alice.status()
         assert len(statuses) == 3
         assert sum(s.role is Role.LEADER for s in statuses) == 1
+
+
+async def test_membership_refusal_after_a_lost_answer_is_outcome_unknown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_cluster() as cluster, client_of(cluster) as client:
+        original = cluster.handle
+        calls: list[int] = []
+
+        async def handle(node_id: str, requester: str, request: Request) -> Response:
+            if request.method == "members" and node_id == "n1":
+                calls.append(1)
+                if len(calls) == 1:
+                    await trio.sleep_forever()  # removed, but the answer is lost
+                return answer(request, ["failed", "n3 is not a member"])
+            return await original(node_id, requester, request)
+
+        cluster.handle = handle  # type: ignore[method-assign]
+        with pytest.raises(OutcomeUnknownError, match="not a member"):
+            await client.remove_member("n3")
