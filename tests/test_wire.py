@@ -327,7 +327,7 @@ def test_messages_before_a_bad_frame_are_discarded_with_it() -> None:
         FrameDecoder(MIB).feed(encode_frame(EXAMPLES[0]) + frame([99]))
 
 
-AE_OK: list[Any] = [3, 5, "a", 10, 4, [[5, 11, 0, b"x"], [5, 12, 1, b""]], 11]
+AE_OK: list[Any] = [3, 5, "a", 10, 4, [[5, 11, 0, b"x"], [5, 12, 1, b""]], 11, 0]
 
 
 def ae_with(position: int, value: Any) -> list[Any]:
@@ -376,7 +376,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ),
     (
         "bool where int",
-        frame([4, True, True, 1, 0, 0, 0]),
+        frame([4, True, True, 1, 0, 0, 0, 0]),
         "AppendEntriesResponse field term: expected an integer, got True",
     ),
     (
@@ -434,7 +434,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     (
         "bad entry kind",
         frame(entry_with(2, 7)),
-        "AppendEntries entries[1] kind: expected one of 0, 1, 2, got 7",
+        "AppendEntries entries[1] kind: expected one of 0, 1, 2, 3, got 7",
     ),
     ("bool entry kind", frame(entry_with(2, True)), "entries[1] kind: expected one of 0, 1, 2"),
     (
@@ -452,7 +452,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("entry not an array", frame(ae_with(5, [7])), "entries[0] expected an array"),
     (
         "entries pass the largest index",
-        frame([3, 5, "a", MAX_U63, 4, [[5, 2**63, 0, b""]], 0]),
+        frame([3, 5, "a", MAX_U63, 4, [[5, 2**63, 0, b""]], 0, 0]),
         "would pass the largest index",
     ),
     ("ext type", frame([5, msgpack.ExtType(1, b""), "x"]), "TimeoutNow field term"),
@@ -527,7 +527,7 @@ def test_malformed_input_raises_protocol_error(data: bytes, expected: str) -> No
 
 
 def large_ae(entries: list[Any]) -> list[Any]:
-    return [3, 5, "a", 0, 0, entries, 0]
+    return [3, 5, "a", 0, 0, entries, 0, 0]
 
 
 def good_entries(count: int) -> list[Any]:
@@ -540,8 +540,8 @@ def good_entries(count: int) -> list[Any]:
         (large_ae([*good_entries(20), [5, 30, 0, b""]]), "entries[20] index: expected 21"),
         (large_ae([*good_entries(20), [5, 21, 0, b"", 1]]), "entries[20] expected an array"),
         (large_ae([*good_entries(20), {"a": 1}]), "malformed msgpack"),
-        ([3, 5, "a", -1, 0, good_entries(20), 0], "prev_log_index: expected an integer >= 0"),
-        ([3, 5, "a", 0, 0, good_entries(20), 0, 0], "malformed msgpack"),
+        ([3, 5, "a", -1, 0, good_entries(20), 0, 0], "prev_log_index: expected an integer >= 0"),
+        ([3, 5, "a", 0, 0, good_entries(20), 0, 0, 0], "malformed msgpack"),
     ],
 )
 def test_malformed_large_append_entries(fields: list[Any], expected: str) -> None:
@@ -553,13 +553,13 @@ def test_large_append_entries_truncated_or_with_extra_data() -> None:
     assert "malformed msgpack" in decode_error(raw_frame(body[:-1]))
     assert "malformed msgpack" in decode_error(raw_frame(body + b"\xc0"))
     # An entry count far beyond what the frame can hold is refused before reading entries.
-    lying = b"\x97\x03\x05\xa1a\x00\x00\xdd\xff\xff\xff\xff" + b"\xc0" * 64
+    lying = b"\x98\x03\x05\xa1a\x00\x00\xdd\xff\xff\xff\xff" + b"\xc0" * 64
     assert "cannot fit" in decode_error(raw_frame(lying))
 
 
 def test_nested_array_headers_cannot_allocate_much_more_than_the_frame() -> None:
     # Each array32 header claims ~1M items; msgpack would reserve the slots up front.
-    body = b"\x97\x03" + b"\xdd\x00\x10\x00\x00" * 1000
+    body = b"\x98\x03" + b"\xdd\x00\x10\x00\x00" * 1000
     body += b"\xc0" * (MIB - len(body))
     tracemalloc.start()
     try:

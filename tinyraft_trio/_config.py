@@ -88,6 +88,8 @@ class RaftConfig:
             nor ``bootstrap`` waits to be added; it never forms a cluster of its own.
         voter: join as a voter (after catching up as a learner) or stay a learner.
         join_timeout: how long a joining node keeps asking before it gives up (and logs).
+        session_timeout: a client session idle this long (in log time, by the leaders'
+            clocks) is forgotten; its retries are then no longer recognised.
     """
 
     node_id: NodeId | None = None
@@ -112,6 +114,7 @@ class RaftConfig:
     join: tuple[str, ...] = ()
     voter: bool = True
     join_timeout: float = 60.0
+    session_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
@@ -171,6 +174,7 @@ class RaftConfig:
                 raise ValueError(f"join: expected 'host:port' addresses, got {address!r}")
             parse_address(address, field_name="join")
         _check_positive_number("join_timeout", self.join_timeout, upper=86400 * 365)
+        _check_positive_number("session_timeout", self.session_timeout, upper=86400 * 365)
         if self.bootstrap and (self.join or self.peers):
             raise ValueError("bootstrap: a bootstrapping node takes neither peers nor join")
         if self.seed is not None:

@@ -19,7 +19,8 @@ import functools
 import logging
 import math
 import random
-from typing import Protocol
+import time
+from typing import Any, Protocol, cast
 
 import msgpack
 import trio
@@ -48,6 +49,13 @@ from ._exceptions import (
     StorageFailedError,
 )
 from ._rpc import Request, Response, TransportError
+from ._sessions import (
+    SessionTable,
+    StaleSequenceError,
+    encode_command,
+    unwrap_snapshot,
+    wrap_snapshot,
+)
 from ._state_machine import StateMachine
 from ._status import MemberStatus, NodeStatus
 from ._storage import Storage
@@ -167,6 +175,7 @@ class RaftNode:
         self._storage_error: str | None = None
         self._progress_changed = trio.Event()
         self._promoting: set[NodeId] = set()
+        self._sessions = SessionTable(timeout_ms=int(config.session_timeout * 1000))
 
     # ------------------------------------------------------------------ public API
 
@@ -300,6 +309,89 @@ class RaftNode:
             f"{target!r} did not take over within {self.config.election_timeout} s; "
             f"{self.id!r} leads on"
         )
+
+    async def read_barrier(self) -> None:
+        """Wait until this node's state machine reflects every write completed before the call.
+
+        ReadIndex (dissertation §6.4): the leader notes its commit index, confirms with a
+        round of heartbeats that a majority still follows it, and waits until it applied that
+        index; a follower asks the leader for the index and waits to apply it. A deposed or
+        partitioned leader never passes.
+
+        Raises:
+            NotLeaderError: no leader is known (after waiting two election timeouts).
+            LeadershipLostError: leadership moved while confirming; try again.
+
+        Cancellation: nothing changes; the wait just ends.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        core = self._running_core()
+        if core.role is Role.LEADER:
+            index = await self._confirm_read_index()
+        else:
+            index = await self._read_index_from_leader()
+        await self.wait_applied(index)
+
+    async def query(self, query: bytes, *, stale: bool = False) -> object:
+        """Run the state machine's ``query(query)`` after a read barrier (unless ``stale``).
+
+        A stale query reads this node's state as it is, possibly behind the cluster.
+
+        Cancellation: nothing changes; the query is not run.
+        """
+        if stale:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self.read_barrier()
+        run_query = getattr(self._state_machine, "query", None)
+        if run_query is None:
+            raise TypeError("this state machine has no query() method")
+        return run_query(query)
+
+    async def _confirm_read_index(self) -> Index:
+        """Leader: the commit index once a majority confirmed this leadership after the call."""
+        core = self._running_core()
+        if core.role is not Role.LEADER:
+            raise NotLeaderError(core.leader_id, self._address_of(core.leader_id))
+        term = core.current_term
+        while True:
+            if core.role is not Role.LEADER or core.current_term != term:
+                raise LeadershipLostError("leadership was lost before the read was confirmed")
+            started = core.start_read()
+            if started is not None:
+                break
+            await self._applied_changed.wait()  # the new leader's no-op is not committed yet
+        read_round, index = started
+        for replicator in self._replicators.values():
+            replicator.heartbeat_due = True
+            replicator.wake.set()
+        while not core.read_confirmed(read_round):
+            if core.role is not Role.LEADER or core.current_term != term:
+                raise LeadershipLostError("leadership was lost before the read was confirmed")
+            await self._progress_changed.wait()
+        return index
+
+    async def _read_index_from_leader(self) -> Index:
+        """Follower: ask the leader for a confirmed read index."""
+        with trio.move_on_after(2 * self.config.election_timeout):
+            await self.wait_for_leader()
+        core = self._running_core()
+        address = self._address_of(core.leader_id)
+        if core.leader_id is None or not address:
+            raise NotLeaderError(core.leader_id, address)
+        try:
+            response = await self._transport.request(
+                address, "read_index", b"", timeout=self._forward_timeout
+            )
+        except TransportError as exc:
+            raise LeadershipLostError(f"could not reach the leader for a read: {exc}") from None
+        answer = msgpack.unpackb(response.body)
+        if answer[0] == "ok":
+            index: Index = answer[1]
+            return index
+        if answer[0] == "not_leader":
+            raise NotLeaderError(answer[1], answer[2])
+        raise LeadershipLostError(f"the leader could not confirm a read: {answer[1:]}")
 
     async def wait_for_leader(self) -> NodeId:
         """Wait until this node knows a leader, and return its id.
@@ -494,7 +586,8 @@ class RaftNode:
         if state.snapshot is not None:
             if state.snapshot.index > 0:
                 # Restart: the state machine resumes from the snapshot, the log replays after.
-                self._state_machine.restore(await self._storage.read_snapshot())
+                data = await self._storage.read_snapshot()
+                self._state_machine.restore(unwrap_snapshot(data, self._sessions))
                 self._last_applied = state.snapshot.index
             self._members.update(
                 {member.id: member.address for member in state.snapshot.membership.members}
@@ -628,7 +721,7 @@ class RaftNode:
             self._maybe_start_snapshot()
 
     def _restore_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        self._state_machine.restore(data)
+        self._state_machine.restore(unwrap_snapshot(data, self._sessions))
         self._last_applied = meta.index
         covered = [index for index in self._waiters if index <= meta.index]
         for index in covered:
@@ -653,7 +746,7 @@ class RaftNode:
         ):
             return
         self._snapshot_requested = False
-        data = self._state_machine.snapshot()
+        data = wrap_snapshot(self._sessions, self._state_machine.snapshot())
         meta = dataclasses.replace(core.snapshot_meta_at(self._last_applied), size=len(data))
         self._snapshot_in_progress = True
         self._nursery.start_soon(self._save_snapshot, meta, data)
@@ -688,6 +781,11 @@ class RaftNode:
                 result = self._state_machine.apply(entry.data)
             except Exception as exc:
                 error = exc
+        elif entry.kind is EntryKind.SESSION:
+            try:
+                result, _ = self._sessions.apply(entry.data, self._state_machine)
+            except StaleSequenceError as exc:
+                result = ("error", ["StaleSequenceError", str(exc)])
         self._last_applied = entry.index
         waiter = self._waiters.pop(entry.index, None)
         if waiter is not None:
@@ -770,6 +868,14 @@ class RaftNode:
             return await self._answer_join(request)
         if request.method == "apply":
             return await self._answer_apply(request)
+        if request.method == "submit":
+            return await self._answer_submit(request)
+        if request.method == "query":
+            return await self._answer_query(request)
+        if request.method == "read_index":
+            return await self._answer_read_index(request)
+        if request.method == "members":
+            return await self._answer_members(request)
         if request.method == "status":
             await trio.lowlevel.checkpoint()
             return Response(request_id=request.request_id, ok=True, body=self._status_body())
@@ -800,6 +906,97 @@ class RaftNode:
             return _answer(request, ["ok", result])
         except TypeError:
             return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+
+    async def _answer_submit(self, request: Request) -> Response:
+        """A client's numbered command: applied once, however often it arrives (§6.3)."""
+        try:
+            client_id, sequence, command, *rest = msgpack.unpackb(request.body)
+            first_outstanding = int(rest[0]) if rest else 0
+            if not isinstance(client_id, str) or not isinstance(command, bytes):
+                raise TypeError
+            if not isinstance(sequence, int) or sequence < 1:
+                raise TypeError
+        except Exception:
+            return _answer(request, ["failed", "malformed submit request"])
+        core = self._running_core()
+        if core.role is not Role.LEADER:
+            return await self._forward(request)
+        try:
+            core = self._require_leader()
+            data = encode_command(
+                client_id, sequence, first_outstanding, int(time.time() * 1000), command
+            )
+            entry = core.propose(data, EntryKind.SESSION)
+            outcome = await self._wait_applied_entry(entry)
+        except NotLeaderError as exc:
+            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+        except (LeadershipLostError, NodeClosedError) as exc:
+            return _answer(request, ["unknown", str(exc)])
+        except StorageFailedError as exc:
+            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+        kind, value = cast("tuple[str, Any]", outcome)
+        if kind == "ok":
+            return _answer(request, ["ok", value])
+        return _answer(request, ["error", *value])
+
+    async def _answer_query(self, request: Request) -> Response:
+        try:
+            query, stale = msgpack.unpackb(request.body)
+            if not isinstance(query, bytes) or not isinstance(stale, bool):
+                raise TypeError
+        except Exception:
+            return _answer(request, ["failed", "malformed query request"])
+        try:
+            result = await self.query(query, stale=stale)
+        except NotLeaderError as exc:
+            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+        except (LeadershipLostError, NodeClosedError) as exc:
+            return _answer(request, ["unknown", str(exc)])
+        except RaftError as exc:
+            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+        except Exception as exc:
+            return _answer(request, ["error", type(exc).__name__, str(exc)])
+        try:
+            return _answer(request, ["ok", result])
+        except TypeError:
+            return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+
+    async def _answer_read_index(self, request: Request) -> Response:
+        try:
+            index = await self._confirm_read_index()
+        except NotLeaderError as exc:
+            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+        except RaftError as exc:
+            return _answer(request, ["unknown", str(exc)])
+        return _answer(request, ["ok", index])
+
+    async def _answer_members(self, request: Request) -> Response:
+        try:
+            operation, *arguments = msgpack.unpackb(request.body)
+        except Exception:
+            return _answer(request, ["failed", "malformed members request"])
+        core = self._running_core()
+        if core.role is not Role.LEADER:
+            return await self._forward(request)
+        try:
+            if operation == "add":
+                node_id, address, voter = arguments
+                await self.add_member(node_id, address, voter=bool(voter))
+                return _answer(request, ["ok", None])
+            if operation == "remove":
+                (node_id,) = arguments
+                await self.remove_member(node_id)
+                return _answer(request, ["ok", None])
+            if operation == "transfer":
+                (target,) = arguments
+                return _answer(request, ["ok", await self.transfer_leadership(target)])
+        except NotLeaderError as exc:
+            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+        except (LeadershipLostError, NodeClosedError) as exc:
+            return _answer(request, ["unknown", str(exc)])
+        except (RaftError, ValueError, TypeError) as exc:
+            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+        return _answer(request, ["failed", f"unknown members operation {operation!r}"])
 
     async def _forward(self, request: Request) -> Response:
         """Send a request on to the leader (waiting a little for one) and relay its answer."""
@@ -1014,6 +1211,8 @@ class RaftNode:
 
     def _step_down(self) -> None:
         """Stop all leader work and fail the callers whose entries may never commit."""
+        self._progress_changed.set()
+        self._progress_changed = trio.Event()
         if self._leader_scope is not None:
             self._leader_scope.cancel()
             self._leader_scope = None

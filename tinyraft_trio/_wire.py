@@ -8,9 +8,9 @@ whose first element is the message type code, then the message's fields in decla
                                  pre_vote, transfer]
     2 RequestVoteResponse    [2, term, vote_granted, pre_vote]
     3 AppendEntries          [3, term, leader_id, prev_log_index, prev_log_term,
-                                 [[term, index, kind, data], ...], leader_commit]
+                                 [[term, index, kind, data], ...], leader_commit, context]
     4 AppendEntriesResponse  [4, term, success, match_index, reject_index,
-                                 conflict_index, conflict_term]
+                                 conflict_index, conflict_term, context]
     5 TimeoutNow             [5, term, leader_id]
     6 InstallSnapshot        [6, term, leader_id, last_included_index, last_included_term,
                                  membership (bin: Membership.to_bytes), offset, data, done]
@@ -161,7 +161,16 @@ def _fields_of_request_vote_response(m: RequestVoteResponse) -> tuple[object, ..
 def _fields_of_append_entries(m: AppendEntries) -> tuple[object, ...]:
     # EntryKind is an IntEnum, which msgpack packs as the plain integer.
     entries = [(e.term, e.index, e.kind, e.data) for e in m.entries]
-    return (3, m.term, m.leader_id, m.prev_log_index, m.prev_log_term, entries, m.leader_commit)
+    return (
+        3,
+        m.term,
+        m.leader_id,
+        m.prev_log_index,
+        m.prev_log_term,
+        entries,
+        m.leader_commit,
+        m.context,
+    )
 
 
 def _fields_of_append_entries_response(m: AppendEntriesResponse) -> tuple[object, ...]:
@@ -173,6 +182,7 @@ def _fields_of_append_entries_response(m: AppendEntriesResponse) -> tuple[object
         m.reject_index,
         m.conflict_index,
         m.conflict_term,
+        m.context,
     )
 
 
@@ -280,6 +290,7 @@ _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
             ("prev_log_term", _U63),
             ("entries", _ENTRIES),
             ("leader_commit", _U63),
+            ("context", _U63),
         ),
     ),
     4: (
@@ -291,6 +302,7 @@ _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
             ("reject_index", _U63),
             ("conflict_index", _U63),
             ("conflict_term", _U63),
+            ("context", _U63),
         ),
     ),
     5: ("TimeoutNow", (("term", _U63), ("leader_id", _ID))),
@@ -525,8 +537,8 @@ def _entry_problem(raw: object, term: int, index: int) -> str:
 
 
 def _decode_append_entries(obj: list[Any]) -> AppendEntries:
-    if len(obj) == 7:
-        _, term, leader_id, prev_log_index, prev_log_term, raw_entries, leader_commit = obj
+    if len(obj) == 8:
+        _, term, leader_id, prev_log_index, prev_log_term, raw_entries, leader_commit, context = obj
         if (
             type(term) is int
             and 0 <= term <= _MAX_U63
@@ -539,6 +551,8 @@ def _decode_append_entries(obj: list[Any]) -> AppendEntries:
             and type(raw_entries) is list
             and type(leader_commit) is int
             and 0 <= leader_commit <= _MAX_U63
+            and type(context) is int
+            and 0 <= context <= _MAX_U63
         ):
             return AppendEntries(
                 term=term,
@@ -547,13 +561,14 @@ def _decode_append_entries(obj: list[Any]) -> AppendEntries:
                 prev_log_term=prev_log_term,
                 entries=_decode_entries(raw_entries, term, prev_log_index) if raw_entries else (),
                 leader_commit=leader_commit,
+                context=context,
             )
     raise _fail(3, obj)
 
 
 def _decode_append_entries_response(obj: list[Any]) -> AppendEntriesResponse:
-    if len(obj) == 7:
-        _, term, success, match_index, reject_index, conflict_index, conflict_term = obj
+    if len(obj) == 8:
+        _, term, success, match_index, reject_index, conflict_index, conflict_term, context = obj
         if (
             type(term) is int
             and 0 <= term <= _MAX_U63
@@ -566,6 +581,8 @@ def _decode_append_entries_response(obj: list[Any]) -> AppendEntriesResponse:
             and 0 <= conflict_index <= _MAX_U63
             and type(conflict_term) is int
             and 0 <= conflict_term <= _MAX_U63
+            and type(context) is int
+            and 0 <= context <= _MAX_U63
         ):
             return AppendEntriesResponse(
                 term=term,
@@ -574,6 +591,7 @@ def _decode_append_entries_response(obj: list[Any]) -> AppendEntriesResponse:
                 reject_index=reject_index,
                 conflict_index=conflict_index,
                 conflict_term=conflict_term,
+                context=context,
             )
     raise _fail(4, obj)
 
@@ -703,8 +721,8 @@ def _unpack_large_append_entries(payload: bytes | bytearray | memoryview) -> lis
     try:
         unpacker.feed(payload)
         length = unpacker.read_array_header()
-        if length != 7:
-            raise ProtocolError(f"AppendEntries: expected 6 fields, got {length - 1}")
+        if length != 8:
+            raise ProtocolError(f"AppendEntries: expected 7 fields, got {length - 1}")
         obj = [unpacker.unpack() for _ in range(5)]
         count = unpacker.read_array_header()
         if count * _MIN_ENTRY_BYTES > size - unpacker.tell():
@@ -716,6 +734,7 @@ def _unpack_large_append_entries(payload: bytes | bytearray | memoryview) -> lis
         if len(entries) != count:
             raise ProtocolError(f"malformed msgpack: entry list truncated at {len(entries)}")
         obj.append(entries)
+        obj.append(unpacker.unpack())
         obj.append(unpacker.unpack())
         if unpacker.tell() != size:
             raise ProtocolError(f"malformed msgpack: {size - unpacker.tell()} bytes of extra data")
@@ -737,9 +756,9 @@ def decode_payload(payload: bytes | bytearray | memoryview) -> WireMessage:
     try:
         obj = msgpack.unpackb(payload, max_bin_len=len(payload), **_UNPACK_LIMITS)
     except Exception as exc:
-        # An AppendEntries (canonically: fixarray of 7, type code 3) with more than
+        # An AppendEntries (canonically: fixarray of 8, type code 3) with more than
         # _SMALL_ARRAY entries lands here; retry it on the path that streams entries.
-        if len(payload) > 2 and payload[0] == 0x97 and payload[1] == 3:
+        if len(payload) > 2 and payload[0] == 0x98 and payload[1] == 3:
             obj = _unpack_large_append_entries(payload)
         else:
             raise ProtocolError(f"malformed msgpack: {exc}") from exc

@@ -385,7 +385,7 @@ BAD_INPUT = [
     ("oversized after handshake", handshake() + struct.pack(">I", 5000), "frame of 5000 bytes"),
     (
         "bad entries",
-        handshake() + frame_of([3, 1, "a", 0, 0, [[1, 2, 0, b""]], 0]),
+        handshake() + frame_of([3, 1, "a", 0, 0, [[1, 2, 0, b""]], 0, 0]),
         "entries[0] index: expected 1",
     ),
 ]

@@ -47,6 +47,8 @@ class AppendEntries:
     prev_log_term: Term
     entries: tuple[Entry, ...]
     leader_commit: Index
+    context: int = 0
+    """Echoed by the answer: numbers the leader's read-confirmation rounds (ReadIndex, §6.4)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,6 +69,8 @@ class AppendEntriesResponse:
     reject_index: Index = 0
     conflict_index: Index = 0
     conflict_term: Term = 0
+    context: int = 0
+    """The ``context`` of the AppendEntries this answers."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

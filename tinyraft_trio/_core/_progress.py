@@ -35,6 +35,7 @@ class Progress:
         "match_index",
         "next_index",
         "probe_sent",
+        "read_round",
         "snapshot_index",
         "snapshot_offset",
         "state",
@@ -48,6 +49,8 @@ class Progress:
         self.inflight: deque[Index] = deque()
         self.commit_sent: Index = 0
         self.last_contact: float | None = None
+        self.read_round = 0
+        """The highest read-confirmation round this follower answered (ReadIndex)."""
         # In SNAPSHOT: which snapshot is being sent, how many bytes the follower holds, and
         # whether a chunk is awaiting its answer (one chunk in flight at a time).
         self.snapshot_index: Index = 0

@@ -155,6 +155,9 @@ class RaftCore:
         self._compact_through: Index | None = None
         # Leadership transfer in progress (§3.10): no new commands meanwhile.
         self.transfer_target: NodeId | None = None
+        # ReadIndex (§6.4): every AppendEntries carries the current round, and answers echo
+        # it; a round is confirmed once a majority of voters answered it (or a later one).
+        self._read_round = 0
 
     # ------------------------------------------------------------------ driver interface
 
@@ -337,6 +340,30 @@ class RaftCore:
             self._configuration_changed()
         return entry
 
+    def start_read(self) -> tuple[int, Index] | None:
+        """Leader only: begin a linearizable read (ReadIndex, dissertation §6.4).
+
+        Returns (round, read_index), or None while this leader has not yet committed an
+        entry of its term (its commit index may then lag the cluster's). The read may run
+        once ``read_confirmed(round)`` and the state machine applied ``read_index``.
+        """
+        if self.role is not Role.LEADER:
+            raise RuntimeError("start_read() called on a node that is not the leader")
+        if self.log.term_at(self.commit_index) != self.current_term:
+            return None
+        self._read_round += 1
+        return self._read_round, self.commit_index
+
+    def read_confirmed(self, read_round: int) -> bool:
+        """Whether a majority of voters answered AppendEntries of ``read_round`` or later in
+        this term: then no other leader can have been elected before the read began."""
+        if self.role is not Role.LEADER:
+            return False
+        confirmed = {self.id} | {
+            peer for peer, progress in self._progress.items() if progress.read_round >= read_round
+        }
+        return len(confirmed & self.voters) >= majority(len(self.voters))
+
     def propose_membership(self, membership: Membership) -> Entry:
         """Leader only: append a configuration change, in force at once (§4.1).
 
@@ -512,7 +539,10 @@ class RaftCore:
             self._send(
                 sender,
                 AppendEntriesResponse(
-                    term=self.current_term, success=False, reject_index=message.prev_log_index
+                    term=self.current_term,
+                    success=False,
+                    reject_index=message.prev_log_index,
+                    context=message.context,
                 ),
             )
             return
@@ -547,14 +577,19 @@ class RaftCore:
             self.commit_index = max(self.commit_index, min(message.leader_commit, match_index))
         self._send(
             sender,
-            AppendEntriesResponse(term=self.current_term, success=True, match_index=match_index),
+            AppendEntriesResponse(
+                term=self.current_term,
+                success=True,
+                match_index=match_index,
+                context=message.context,
+            ),
         )
 
     def handle_append_entries_response(
         self, sender: NodeId, message: AppendEntriesResponse, now: float
     ) -> None:
         """Advance or rewind a follower's progress; commit what a majority holds (§5.3, §5.4.2)."""
-        progress = self._answering_progress(sender, message.term, now)
+        progress = self._answering_progress(sender, message.term, now, message.context)
         if progress is None:
             return
         if message.success:
@@ -673,7 +708,9 @@ class RaftCore:
 
     # ------------------------------------------------------------------ internals
 
-    def _answering_progress(self, sender: NodeId, term: Term, now: float) -> Progress | None:
+    def _answering_progress(
+        self, sender: NodeId, term: Term, now: float, context: int = 0
+    ) -> Progress | None:
         """The progress of a follower answering this leader in ``term``, or None to ignore.
 
         A newer term deposes this node (§5.1); an older term or a non-member is stale.
@@ -686,6 +723,8 @@ class RaftCore:
         progress = self._progress.get(sender)
         if progress is not None:
             progress.last_contact = now
+            # Any answer in this term shows the follower still follows this leader.
+            progress.read_round = max(progress.read_round, context)
         return progress
 
     def _follow(self, term: Term, leader_id: NodeId, now: float) -> None:
@@ -812,6 +851,7 @@ class RaftCore:
                 reject_index=message.prev_log_index,
                 conflict_index=conflict_index,
                 conflict_term=conflict_term,
+                context=message.context,
             ),
         )
 
@@ -869,6 +909,7 @@ class RaftCore:
             prev_log_term=self.log.term_at(prev_log_index) or 0,
             entries=tuple(entries),
             leader_commit=self.commit_index,
+            context=self._read_round,
         )
 
     def _send(self, to: NodeId, message: Message) -> None:

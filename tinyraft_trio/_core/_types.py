@@ -30,6 +30,8 @@ class EntryKind(enum.IntEnum):
     """Appended by each new leader so entries of earlier terms commit (§5.4.2, §8)."""
     CONFIG = 2
     """A cluster membership change."""
+    SESSION = 3
+    """A client's numbered command, applied at most once per number (dissertation §6.3)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

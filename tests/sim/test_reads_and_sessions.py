@@ -1,0 +1,123 @@
+"""Linearizable reads (ReadIndex, §6.4) and exactly-once client sessions (§6.3), simulated."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import trio
+
+from tinyraft_trio import LeadershipLostError, NotLeaderError, Role
+from tinyraft_trio._sessions import SessionTable, encode_command
+from tinyraft_trio.examples.kv import KeyValueStore, get_query, put_command
+from tinyraft_trio.testing import MemoryCluster, RecordingStateMachine, open_memory_cluster
+
+
+def kv(cluster: MemoryCluster, node_id: str) -> KeyValueStore:
+    machine = cluster.state_machines[node_id]
+    assert isinstance(machine, KeyValueStore)
+    return machine
+
+
+async def test_leader_and_follower_reads_see_every_completed_write(autojump_clock: object) -> None:
+    async with open_memory_cluster(3, seed=51, state_machine_factory=KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        followers = [n for n in cluster.running.values() if n.id != leader.id]
+        for i in range(20):
+            await leader.apply(put_command("k", str(i)))
+            # A follower may not have applied the write yet; its read must still see it.
+            assert await followers[i % 2].query(get_query("k")) == str(i)
+            assert await leader.query(get_query("k")) == str(i)
+
+
+async def test_an_isolated_old_leader_never_serves_a_stale_read(autojump_clock: object) -> None:
+    async with open_memory_cluster(3, seed=52, state_machine_factory=KeyValueStore) as cluster:
+        old = await cluster.wait_for_leader()
+        await old.apply(put_command("k", "old"))
+        cluster.network.isolate(old.id)
+        with trio.fail_after(10):
+            await cluster.wait_until(
+                lambda: any(
+                    n.status().role is Role.LEADER and n.id != old.id
+                    for n in cluster.running.values()
+                )
+            )
+        new = next(n for n in cluster.leaders() if n.id != old.id)
+        await new.apply(put_command("k", "new"))
+        with trio.move_on_after(10) as waited:
+            with pytest.raises((LeadershipLostError, NotLeaderError)):
+                await old.query(get_query("k"))
+        # Either it failed, or it is still blocked when we stop waiting: never "old".
+        assert waited.cancelled_caught or old.status().role is not Role.LEADER
+
+
+async def test_stale_reads_skip_the_barrier(autojump_clock: object) -> None:
+    async with open_memory_cluster(3, seed=53, state_machine_factory=KeyValueStore) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.apply(put_command("k", "v"))
+        follower = next(n for n in cluster.running.values() if n.id != leader.id)
+        cluster.network.isolate(follower.id)
+        await trio.sleep(5)
+        assert await follower.query(get_query("k"), stale=True) in ("v", None)
+        with pytest.raises((NotLeaderError, LeadershipLostError)):
+            await follower.query(get_query("k"))
+
+
+async def submit(
+    cluster: MemoryCluster, node_id: str, client: str, sequence: int, command: bytes
+) -> list[object]:
+    rpc = cluster.network.client(client)
+    response = await rpc.request(
+        cluster.address_of(node_id),
+        "submit",
+        msgpack.packb([client, sequence, command]),
+        timeout=10,
+    )
+    answer: list[object] = msgpack.unpackb(response.body)
+    return answer
+
+
+async def test_a_retried_command_is_applied_once(autojump_clock: object) -> None:
+    async with open_memory_cluster(3, seed=54) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(i for i in cluster.node_ids if i != leader.id)
+        first = await submit(cluster, leader.id, "c1", 1, b"once")
+        again = await submit(cluster, follower, "c1", 1, b"once")  # a retry, via a follower
+        assert first == again == ["ok", 1]
+        assert await submit(cluster, leader.id, "c1", 2, b"twice") == ["ok", 2]
+        await cluster.wait_applied(leader.status().commit_index)
+        for machine in cluster.state_machines.values():
+            assert isinstance(machine, RecordingStateMachine)
+            assert machine.commands == [b"once", b"twice"]
+
+
+async def test_sessions_survive_snapshots_and_restarts(autojump_clock: object) -> None:
+    async with open_memory_cluster(
+        3, seed=55, snapshot_threshold=10, trailing_entries=2
+    ) as cluster:
+        leader = await cluster.wait_for_leader()
+        assert await submit(cluster, leader.id, "c1", 1, b"once") == ["ok", 1]
+        for i in range(30):
+            await cluster.apply(f"filler {i}".encode())
+        assert leader.status().snapshot_index > 1
+        for node_id in list(cluster.running):
+            await cluster.crash(node_id)
+        for node_id in cluster.node_ids:
+            await cluster.start(node_id)
+        leader = await cluster.wait_for_leader()
+        assert await submit(cluster, leader.id, "c1", 1, b"once") == ["ok", 1]
+        await cluster.apply(b"last")
+        await cluster.wait_applied(leader.status().commit_index)
+        for machine in cluster.state_machines.values():
+            assert isinstance(machine, RecordingStateMachine)
+            assert machine.commands.count(b"once") <= 1  # restored from the snapshot, once
+
+
+def test_session_table_expires_idle_clients_by_log_time() -> None:
+    table = SessionTable(timeout_ms=1000)
+    machine = RecordingStateMachine()
+    outcome, ran = table.apply(encode_command("a", 1, 0, 10_000, b"x"), machine)
+    assert (outcome, ran) == (("ok", 1), True)
+    assert table.apply(encode_command("a", 1, 0, 10_500, b"x"), machine) == (("ok", 1), False)
+    table.apply(encode_command("b", 1, 0, 12_000, b"y"), machine)  # a's session expires
+    assert len(table) == 1
+    assert table.apply(encode_command("a", 1, 0, 12_001, b"x"), machine)[1] is True

@@ -1,0 +1,150 @@
+"""Client sessions: each client command applied once, however often it is retried (§6.3).
+
+A client numbers its commands. The replicated session table keeps, per client, the results
+of its recent commands, so a command that arrives again (the client retried after losing an
+answer) gets its first result back instead of being applied twice. The table is part of the
+replicated state: every node builds the same one from the log, and snapshots carry it.
+Sessions idle for longer than the session timeout, measured in log time (the leader's clock,
+written into each entry, so every node agrees), are forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ._state_machine import StateMachine
+
+KEPT_RESULTS = 1024
+"""Results kept per client when it does not say which it still waits for."""
+
+Outcome = tuple[str, Any]
+"""("ok", result) or ("error", [exception type name, message]): what a command produced."""
+
+
+class StaleSequenceError(Exception):
+    """A command whose result was already forgotten: the client retried far too late."""
+
+
+@dataclass(slots=True)
+class _Session:
+    last_seen_ms: int
+    results: dict[int, Outcome] = field(default_factory=dict)
+    first_outstanding: int = 0
+
+
+def encode_command(
+    client_id: str, sequence: int, first_outstanding: int, time_ms: int, command: bytes
+) -> bytes:
+    """The data of a session entry in the log."""
+    data: bytes = msgpack.packb([client_id, sequence, first_outstanding, time_ms, command])
+    return data
+
+
+class SessionTable:
+    """The sessions of every client, applied from the log in order."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        self._timeout_ms = timeout_ms
+        self._sessions: dict[str, _Session] = {}
+        self._clock_ms = 0
+        """Log time: the latest leader time seen in an applied entry."""
+
+    def apply(self, data: bytes, state_machine: StateMachine) -> tuple[Outcome, bool]:
+        """Apply a session entry; return (its outcome, whether the command ran just now)."""
+        client_id, sequence, first_outstanding, time_ms, command = msgpack.unpackb(data)
+        self._clock_ms = max(self._clock_ms, time_ms)
+        self._expire()
+        session = self._sessions.get(client_id)
+        if session is None:
+            session = self._sessions[client_id] = _Session(last_seen_ms=self._clock_ms)
+        session.last_seen_ms = self._clock_ms
+        if first_outstanding:
+            session.first_outstanding = max(session.first_outstanding, first_outstanding)
+            for old in [s for s in session.results if s < session.first_outstanding]:
+                del session.results[old]
+        if sequence in session.results:
+            return session.results[sequence], False
+        if sequence < session.first_outstanding or (
+            session.results
+            and sequence < min(session.results)
+            and len(session.results) >= KEPT_RESULTS
+        ):
+            raise StaleSequenceError(
+                f"client {client_id!r}: command {sequence} is older than the results kept"
+            )
+        outcome = _run(state_machine.apply, command)
+        session.results[sequence] = outcome
+        if len(session.results) > KEPT_RESULTS:
+            del session.results[min(session.results)]
+        return outcome, True
+
+    def _expire(self) -> None:
+        horizon = self._clock_ms - self._timeout_ms
+        for client_id in [c for c, s in self._sessions.items() if s.last_seen_ms < horizon]:
+            del self._sessions[client_id]
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def snapshot(self) -> list[Any]:
+        return [
+            self._clock_ms,
+            [
+                [
+                    client_id,
+                    s.last_seen_ms,
+                    s.first_outstanding,
+                    [[seq, kind, value] for seq, (kind, value) in s.results.items()],
+                ]
+                for client_id, s in self._sessions.items()
+            ],
+        ]
+
+    def restore(self, state: list[Any]) -> None:
+        clock_ms, sessions = state
+        self._clock_ms = clock_ms
+        self._sessions = {
+            client_id: _Session(
+                last_seen_ms=last_seen,
+                first_outstanding=first_outstanding,
+                results={seq: (kind, value) for seq, kind, value in results},
+            )
+            for client_id, last_seen, first_outstanding, results in sessions
+        }
+
+
+def _run(apply: Callable[[bytes], object], command: bytes) -> Outcome:
+    try:
+        result = apply(command)
+    except Exception as exc:
+        return ("error", [type(exc).__name__, str(exc)])
+    try:
+        msgpack.packb(result)
+    except (TypeError, ValueError, OverflowError):
+        return ("error", ["TypeError", "the result cannot be sent: not msgpack-encodable"])
+    return ("ok", result)
+
+
+SNAPSHOT_FORMAT = 1
+
+
+def wrap_snapshot(sessions: SessionTable, state_machine_snapshot: bytes) -> bytes:
+    """A node's snapshot: the session table and the user's state machine, together."""
+    data: bytes = msgpack.packb([SNAPSHOT_FORMAT, sessions.snapshot(), state_machine_snapshot])
+    return data
+
+
+def unwrap_snapshot(data: bytes, sessions: SessionTable) -> bytes:
+    """Restore the session table from ``data``; return the state machine's part."""
+    try:
+        version, table, user = msgpack.unpackb(data)
+    except Exception:
+        raise ValueError("snapshot: not a tinyraft_trio snapshot") from None
+    if version != SNAPSHOT_FORMAT:
+        raise ValueError(f"snapshot: unknown format {version!r}")
+    sessions.restore(table)
+    return bytes(user)
