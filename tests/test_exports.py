@@ -10,6 +10,13 @@ import tinyraft_trio
 import tinyraft_trio.testing
 
 PUBLIC = {
+    "ClusterMemberStatus",
+    "ClusterNodeStatus",
+    "ClusterUnavailableError",
+    "CommandFailedError",
+    "OutcomeUnknownError",
+    "RaftClient",
+    "connect",
     "LeadershipTransferError",
     "MembershipChangeError",
     "DataDirLockedError",
