@@ -40,6 +40,7 @@ from ._core._types import (
     Term,
 )
 from ._exceptions import (
+    CommandFailedError,
     LeadershipLostError,
     LeadershipTransferError,
     MembershipChangeError,
@@ -184,16 +185,20 @@ class RaftNode:
         assert self.config.node_id is not None  # open_raft_node gives every node an id
         return self.config.node_id
 
-    async def apply(self, command: bytes) -> object:
+    async def apply(self, command: bytes, *, forward: bool = True) -> object:
         """Replicate ``command`` and return what the state machine's ``apply`` returned.
 
-        Returns once the command is committed and applied on this node, the leader. If the
-        state machine raised, that exception is raised here.
+        On the leader: returns once the command is committed and applied here; if the state
+        machine raised, that exception is raised here. On a follower (with ``forward``): the
+        command goes to the leader over the Raft transport, and its result comes back (it must
+        be msgpack-encodable); if the state machine raised there, ``CommandFailedError``
+        names the exception.
 
         Raises:
-            NotLeaderError: this node is not the leader (the command was not appended).
-            LeadershipLostError: leadership was lost before the command committed; it may
-                or may not be applied later (outcome unknown).
+            NotLeaderError: no leader is known within two election timeouts, or this node is
+                a follower and ``forward`` is false (the command was not appended).
+            LeadershipLostError: the outcome is unknown: leadership was lost before the
+                command committed, or the forwarded request got no answer.
             NodeClosedError: the node is shutting down.
 
         Cancellation: the command may still commit and be applied; its result is discarded.
@@ -204,8 +209,41 @@ class RaftNode:
         limit = self.config.max_frame_bytes - 4096
         if len(command) > limit:
             raise ValueError(f"command of {len(command)} bytes exceeds the limit of {limit}")
+        core = self._running_core()
+        if forward and core.role is not Role.LEADER and self._storage_error is None:
+            return await self._apply_at_leader(bytes(command))
         core = self._require_leader()
         return await self._wait_applied_entry(core.propose(bytes(command)))
+
+    async def _apply_at_leader(self, command: bytes) -> object:
+        """A follower's apply(): send the command to the leader, and bring back its result."""
+        with trio.move_on_after(2 * self.config.election_timeout):
+            await self.wait_for_leader()
+        core = self._running_core()
+        if core.role is Role.LEADER:
+            return await self._wait_applied_entry(self._require_leader().propose(command))
+        address = self._address_of(core.leader_id)
+        if core.leader_id is None or not address:
+            raise NotLeaderError(core.leader_id, address)
+        try:
+            response = await self._transport.request(
+                address, "apply", command, timeout=self._forward_timeout
+            )
+            answer = msgpack.unpackb(response.body)
+        except TransportError as exc:
+            raise LeadershipLostError(f"forwarded to the leader, no answer: {exc}") from None
+        except Exception:
+            raise LeadershipLostError("the leader's answer could not be read") from None
+        kind = answer[0] if isinstance(answer, list) and answer else None
+        if kind == "ok":
+            return answer[1]
+        if kind == "error":
+            raise CommandFailedError(str(answer[1]), str(answer[2]))
+        if kind == "not_leader":
+            raise NotLeaderError(answer[1], answer[2])
+        if kind == "failed":
+            raise RaftError(f"the leader refused the command: {answer[1]}")
+        raise LeadershipLostError(f"forwarded to the leader, outcome unknown: {answer[1:]}")
 
     async def add_member(self, node_id: NodeId, address: str, *, voter: bool = True) -> None:
         """Add ``node_id`` at ``address`` to the cluster (leader only).

@@ -110,7 +110,7 @@ async def test_follower_refuses_with_leader_hint() -> None:
             follower = b if leader_id == "a" else a
             assert await follower.wait_for_leader() == leader_id
             with pytest.raises(NotLeaderError) as info:
-                await follower.apply(b"x")
+                await follower.apply(b"x", forward=False)
             assert info.value.leader_id == leader_id
             assert info.value.leader_address == peers[leader_id]
 

@@ -52,3 +52,13 @@ async def test_without_a_leader_a_follower_says_so(autojump_clock: object) -> No
             response = await client.request(cluster.address_of(follower), "apply", b"x", timeout=20)
         assert not response.ok
         assert msgpack.unpackb(response.body)[0] in ("not_leader", "unknown")
+
+
+async def test_a_followers_own_apply_is_forwarded_to_the_leader(autojump_clock: object) -> None:
+    async with open_memory_cluster(3, seed=44) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(n for n in cluster.running.values() if n.id != leader.id)
+        assert await follower.apply(b"from a follower") == 1
+        await cluster.wait_applied(leader.status().commit_index)
+        for machine in cluster.state_machines.values():
+            assert machine.commands == [b"from a follower"]  # type: ignore[attr-defined]
