@@ -26,7 +26,7 @@ from run import HERE, Cluster, child_env
 def leader_index(addresses: list[str]) -> int | None:
     completed = subprocess.run(
         [sys.executable, "-m", "tinyraft_trio", "status", "--cluster", ",".join(addresses)],
-        env=child_env(), capture_output=True, text=True,
+        env=child_env(), capture_output=True, text=True, cwd=tempfile.gettempdir(),
     )  # fmt: skip
     for line in completed.stdout.splitlines():
         fields = line.split()
@@ -64,7 +64,7 @@ def main() -> int:
                 "pids": [p.pid for p in cluster.processes], "points": [point]}  # fmt: skip
         client = subprocess.Popen(
             [sys.executable, str(HERE / "bench_client.py"), json.dumps(plan)],
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=workdir,
         )  # fmt: skip
         time.sleep(1.5)
         raw = workdir / "leader.txt"

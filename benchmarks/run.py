@@ -112,7 +112,7 @@ def library_info() -> dict[str, str]:
     info: dict[str, str] = {}
     found = subprocess.run(
         [sys.executable, "-c", "import tinyraft_trio; print(tinyraft_trio.__file__)"],
-        env=child_env(), capture_output=True, text=True,
+        env=child_env(), capture_output=True, text=True, cwd=tempfile.gettempdir(),
     )  # fmt: skip
     info["imported_from"] = str(Path(found.stdout.strip()).parent)
     git = ["git", "-C", str(ROOT)]
@@ -176,7 +176,10 @@ class Cluster:
         self.logs.append(log)
         with open(log, "wb") as handle:
             self.processes.append(
-                subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+                # cwd: not the repository, whose tinyraft_trio ``-m`` would put first on the path.
+                subprocess.Popen(
+                    command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=self.workdir
+                )
             )
 
     def stop(self) -> None:
@@ -193,7 +196,7 @@ class Cluster:
         try:
             completed = subprocess.run(
                 [sys.executable, str(HERE / "bench_client.py"), json.dumps(plan)],
-                env=child_env(), capture_output=True, timeout=timeout,
+                env=child_env(), capture_output=True, timeout=timeout, cwd=self.workdir,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return {"error": f"client timed out after {timeout:.0f} s"}
