@@ -61,6 +61,11 @@ def add_node(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="MODULE:ATTR",
         help=f"the state machine factory (default: {DEFAULT_APP})",
     )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve the key-value HTTP API here (needs tinyraft-trio[http])",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return _run_node
 
@@ -119,17 +124,38 @@ def _run_node(args: argparse.Namespace) -> int:
         config = config_from(args)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    http: str | None = getattr(args, "http", None)
+    if http is not None:
+        try:
+            parse_address(http, field_name="--http")
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        from ._http import hypercorn_available
+
+        if not hypercorn_available():
+            raise CommandError(
+                "--http needs the HTTP extra: install it with pip install 'tinyraft-trio[http]'"
+            )
     factory = load_app(args.app)
-    trio.run(_serve_node, config, factory)
+    trio.run(_serve_node, config, factory, http)
     return 0
 
 
-async def _serve_node(config: RaftConfig, factory: Callable[[], StateMachine]) -> None:
+async def _serve_node(
+    config: RaftConfig, factory: Callable[[], StateMachine], http: str | None = None
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_raft_node(config, factory()) as node:
+        async with open_raft_node(config, factory()) as node, trio.open_nursery() as nursery:
+            http_note = ""
+            if http is not None:
+                from ._http import serve_http
+
+                urls = await nursery.start(serve_http, node, http)
+                http_note = f", HTTP API on {', '.join(urls)}"
             print(
                 f"node {node.id} serving on {config.listen}"
-                f" ({'data dir ' + config.data_dir if config.data_dir else 'in memory'})",
+                f" ({'data dir ' + config.data_dir if config.data_dir else 'in memory'})"
+                f"{http_note}",
                 flush=True,
             )
             async for received in signals:
@@ -137,6 +163,7 @@ async def _serve_node(config: RaftConfig, factory: Callable[[], StateMachine]) -
                     "%s received: shutting down", signal.Signals(received).name
                 )
                 break  # leaving the block hands leadership over first
+            nursery.cancel_scope.cancel()
 
 
 # ------------------------------------------------------------------------------ status

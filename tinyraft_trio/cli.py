@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from ._cli_client import add_kv, add_members
 from ._cli_node import add_node, add_status
 from ._exceptions import RaftError
 from ._storage._check import CheckReport, RepairReport, check_data_dir, repair_data_dir
@@ -124,6 +125,8 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentPar
     "node": add_node,
     "status": add_status,
     "check": _add_check,
+    "kv": add_kv,
+    "members": add_members,
 }
 
 
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return handlers[args.command](args)
-    except (RaftError, OSError) as error:
+    except (RaftError, OSError, ValueError) as error:
         print(f"{PROG} {args.command}: error: {_describe(error)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
