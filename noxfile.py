@@ -11,7 +11,13 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-TEST_DEPENDENCIES = ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6"]
+TEST_DEPENDENCIES = [
+    "pytest>=8",
+    "pytest-trio>=0.8",
+    "hypothesis>=6",
+    "httpx>=0.27",
+    "hypercorn>=0.16",
+]
 
 
 def _available_pythons() -> list[str]:
