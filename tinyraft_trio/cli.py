@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from ._cli_client import add_kv, add_members
 from ._cli_node import add_node, add_status
+from ._demo import add_demo
 from ._exceptions import RaftError
 from ._storage._check import CheckReport, RepairReport, check_data_dir, repair_data_dir
 
@@ -127,6 +128,7 @@ SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentPar
     "check": _add_check,
     "kv": add_kv,
     "members": add_members,
+    "demo": add_demo,
 }
 
 
