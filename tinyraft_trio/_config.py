@@ -90,6 +90,11 @@ class RaftConfig:
         join_timeout: how long a joining node keeps asking before it gives up (and logs).
         session_timeout: a client session idle this long (in log time, by the leaders'
             clocks) is forgotten; its retries are then no longer recognised.
+        read_mode: ``"read_index"`` (default) confirms leadership with a heartbeat round for
+            every linearizable read. ``"lease"`` skips the round while the leader holds a
+            lease: a majority acknowledged a heartbeat sent less than 0.9 election timeouts
+            ago. That is safe only if no node's clock runs more than 10% fast or slow against
+            another's over an election timeout (see the README).
     """
 
     node_id: NodeId | None = None
@@ -115,6 +120,7 @@ class RaftConfig:
     voter: bool = True
     join_timeout: float = 60.0
     session_timeout: float = 3600.0
+    read_mode: str = "read_index"
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
@@ -175,6 +181,8 @@ class RaftConfig:
             parse_address(address, field_name="join")
         _check_positive_number("join_timeout", self.join_timeout, upper=86400 * 365)
         _check_positive_number("session_timeout", self.session_timeout, upper=86400 * 365)
+        if self.read_mode not in ("read_index", "lease"):
+            raise ValueError(f"read_mode: expected 'read_index' or 'lease', got {self.read_mode!r}")
         if self.bootstrap and (self.join or self.peers):
             raise ValueError("bootstrap: a bootstrapping node takes neither peers nor join")
         if self.seed is not None:

@@ -176,6 +176,7 @@ class RaftNode:
         self._storage_error: str | None = None
         self._progress_changed = trio.Event()
         self._promoting: set[NodeId] = set()
+        self._round_started: dict[int, float] = {}
         self._sessions = SessionTable(timeout_ms=int(config.session_timeout * 1000))
 
     # ------------------------------------------------------------------ public API
@@ -400,6 +401,10 @@ class RaftNode:
                 break
             await self._applied_changed.wait()  # the new leader's no-op is not committed yet
         read_round, index = started
+        if self.config.read_mode == "lease":
+            self._round_started[read_round] = trio.current_time()
+            if self._holds_lease(core):
+                return index
         for replicator in self._replicators.values():
             replicator.heartbeat_due = True
             replicator.wake.set()
@@ -408,6 +413,26 @@ class RaftNode:
                 raise LeadershipLostError("leadership was lost before the read was confirmed")
             await self._progress_changed.wait()
         return index
+
+    def _holds_lease(self, core: RaftCore) -> bool:
+        """Lease mode: whether a majority acknowledged a heartbeat sent recently enough that
+        no other leader can have been elected since (followers ignore candidates for an
+        election timeout after hearing from this leader; 10% is left for clock drift)."""
+        if self.config.read_mode != "lease" or core.transfer_target is not None:
+            return False  # a transfer lets the target campaign at once: no lease then
+        now = trio.current_time()
+        starts = [now]
+        for peer in core.voter_peers:
+            progress = core.progress(peer)
+            if progress is not None:
+                starts.append(self._round_started.get(progress.read_round, -math.inf))
+        if self.id not in core.voters:
+            starts.pop(0)
+        starts.sort(reverse=True)
+        needed = len(core.voters) // 2 + 1
+        if len(starts) < needed:
+            return False
+        return now < starts[needed - 1] + 0.9 * self.config.election_timeout
 
     async def _read_index_from_leader(self) -> Index:
         """Follower: ask the leader for a confirmed read index."""
@@ -882,8 +907,16 @@ class RaftNode:
                 del self._replicators[peer]
 
     async def _tick_heartbeats(self) -> None:
-        """Every heartbeat interval, have each replicator send at least an empty append (§5.2)."""
+        """Every heartbeat interval, have each replicator send at least an empty append (§5.2).
+
+        In lease mode every tick also starts a read round, so acknowledgements renew the lease.
+        """
+        core = self._running_core()
         while True:
+            if self.config.read_mode == "lease" and core.role is Role.LEADER:
+                self._round_started[core.next_read_round()] = trio.current_time()
+                if len(self._round_started) > 256:
+                    del self._round_started[min(self._round_started)]
             for replicator in self._replicators.values():
                 replicator.heartbeat_due = True
                 replicator.wake.set()

@@ -121,3 +121,31 @@ def test_session_table_expires_idle_clients_by_log_time() -> None:
     table.apply(encode_command("b", 1, 0, 12_000, b"y"), machine)  # a's session expires
     assert len(table) == 1
     assert table.apply(encode_command("a", 1, 0, 12_001, b"x"), machine)[1] is True
+
+
+async def test_lease_reads_skip_the_round_but_never_read_stale(autojump_clock: object) -> None:
+    """read_mode="lease": no heartbeat round while the lease holds; after losing the
+    majority the old leader's lease runs out before anyone else can lead."""
+    async with open_memory_cluster(
+        3, seed=56, state_machine_factory=KeyValueStore, read_mode="lease"
+    ) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.apply(put_command("k", "v1"))
+        await trio.sleep(1)  # heartbeats acknowledged: the lease holds
+        sent = cluster.network.statistics().sent
+        for _ in range(20):
+            assert await leader.query(get_query("k")) == "v1"
+        assert cluster.network.statistics().sent - sent < 10  # no round per read
+        cluster.network.isolate(leader.id)
+        with trio.fail_after(10):
+            await cluster.wait_until(
+                lambda: any(
+                    n.status().role is Role.LEADER and n.id != leader.id
+                    for n in cluster.running.values()
+                )
+            )
+        new = next(n for n in cluster.leaders() if n.id != leader.id)
+        await new.apply(put_command("k", "v2"))
+        with trio.move_on_after(5):
+            with pytest.raises((LeadershipLostError, NotLeaderError)):
+                assert await leader.query(get_query("k")) != "v1"

@@ -354,6 +354,11 @@ class RaftCore:
         self._read_round += 1
         return self._read_round, self.commit_index
 
+    def next_read_round(self) -> int:
+        """Leader only: number a new round without a read (lease mode renews with these)."""
+        self._read_round += 1
+        return self._read_round
+
     def read_confirmed(self, read_round: int) -> bool:
         """Whether a majority of voters answered AppendEntries of ``read_round`` or later in
         this term: then no other leader can have been elected before the read began."""
