@@ -46,6 +46,27 @@ async def _client(cluster: MemoryCluster, name: str, acknowledged: list[bytes]) 
         await trio.sleep(0.02)
 
 
+async def _reader(cluster: MemoryCluster, rng: random.Random, acknowledged: list[bytes]) -> None:
+    """Linearizable reads through random nodes: each sees every write acknowledged before it."""
+    while True:
+        await trio.sleep(rng.uniform(0.01, 0.1))
+        running = sorted(cluster.running)
+        if not running:
+            continue
+        node = cluster.running[rng.choice(running)]
+        acknowledged_before = len(acknowledged)
+        with trio.move_on_after(2 * ELECTION_TIMEOUT):
+            try:
+                applied = await node.query(b"count")
+            except RaftError:
+                continue
+            assert isinstance(applied, int)
+            assert applied >= acknowledged_before, (
+                f"stale read on {node.id}: {applied} applied, "
+                f"{acknowledged_before} acknowledged before the read"
+            )
+
+
 async def _change_membership(cluster: MemoryCluster, rng: random.Random) -> None:
     """Remove a member (keeping at least three voters) or add back one removed earlier."""
     leaders = cluster.leaders()
@@ -118,6 +139,7 @@ async def run_one_seed(seed: int) -> None:
         async with trio.open_nursery() as clients:
             for name in ("a", "b"):
                 clients.start_soon(_client, cluster, name, acknowledged)
+            clients.start_soon(_reader, cluster, random.Random(seed + 2), acknowledged)
             await _inject_faults(cluster, rng, clients)
             # Heal everything and bring every node back.
             network.heal()

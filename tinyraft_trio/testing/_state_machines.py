@@ -19,6 +19,10 @@ class RecordingStateMachine:
         self.commands.append(command)
         return len(self.commands)
 
+    def query(self, query: bytes) -> object:
+        """How many commands were applied (whatever ``query`` is)."""
+        return len(self.commands)
+
     def snapshot(self) -> bytes:
         data: bytes = msgpack.packb(self.commands, use_bin_type=True)
         return data
