@@ -192,3 +192,45 @@ async def test_size_limits(urls: dict[str, str]) -> None:
         assert response.status_code == 204
         response = await client.get(f"{leader}/kv/{key}")
         assert (response.status_code, len(response.content)) == (200, MAX_VALUE_BYTES)
+
+
+@pytest.fixture
+def lonely_url(tmp_path: Path) -> Iterator[str]:
+    """n1 alone of three: it never gets a quorum, so it never learns of a leader."""
+    ports = free_ports(4)
+    raft = [f"127.0.0.1:{port}" for port in ports[:3]]
+    peers = [arg for i, a in enumerate(raft, 1) for arg in ("--peer", f"n{i}={a}")]
+    command = ["node", "--id", "n1", "--listen", raft[0], "--http", f"127.0.0.1:{ports[3]}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tinyraft_trio", *command, "--timeout-ms", "300", *peers],
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "n1.log").open("wb"),
+    )
+    try:
+        yield f"http://127.0.0.1:{ports[3]}"
+    finally:
+        assert stop(process) == 0
+
+
+async def test_without_a_leader_writes_get_503_and_stale_reads_still_work(
+    lonely_url: str,
+) -> None:
+    url = lonely_url
+    async with httpx.AsyncClient(timeout=15) as client:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    status = (await client.get(f"{url}/status")).json()
+                    break
+                except httpx.TransportError:
+                    await trio.sleep(0.1)
+        assert status["leader_id"] is None
+        response = await client.put(f"{url}/kv/k", content="v")
+        assert response.status_code == 503
+        assert "error" in response.json()
+        response = await client.get(f"{url}/kv/k")
+        assert response.status_code == 503
+        response = await client.get(f"{url}/kv/k", params={"stale": "true"})
+        assert response.status_code == 404
