@@ -1,0 +1,50 @@
+"""``tinyraft-trio demo`` runs to completion, exits 0, and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # reused by another user's process: not ours
+        return False
+    return True
+
+
+def test_the_demo_runs_to_completion_and_stops_everything() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyraft_trio", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "stores identical:      yes" in output
+    assert re.search(r"failover took \d+\.\d+ s", output)
+    assert "caught up" in output
+    started = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
+    assert len(set(started)) == 4  # three nodes, and the old leader restarted
+    stopped = re.search(r"stopped every process the demo started \(pids ([\d, ]+)\)", output)
+    assert stopped is not None
+    assert {int(pid) for pid in stopped.group(1).split(", ")} == set(started)
+    assert [pid for pid in started if alive(pid)] == []
+    # Its temporary data directories are gone too.
+    directory = re.search(r"key-value store in (\S+)", output)
+    assert directory is not None
+    assert not Path(directory.group(1)).exists()
