@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -53,9 +53,26 @@ def _run_demo(args: argparse.Namespace) -> int:
     demo = Demo()
     try:
         ok = trio.run(demo.run)
+    except BaseException as error:
+        # Trio nurseries wrap what they raise in exception groups: report the one inside.
+        leaves = list(_leaves(error))
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            raise KeyboardInterrupt from None
+        if len(leaves) == 1 and leaves[0] is not error and isinstance(leaves[0], Exception):
+            raise leaves[0] from None
+        raise
     finally:
         demo.stop_all()
     return 0 if ok else 1
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    nested = getattr(error, "exceptions", None)
+    if isinstance(nested, tuple):
+        for inner in nested:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _free_ports(count: int) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,35 @@ def test_the_demo_runs_to_completion_and_stops_everything() -> None:
     directory = re.search(r"key-value store in (\S+)", output)
     assert directory is not None
     assert not Path(directory.group(1)).exists()
+
+
+def test_ctrl_c_stops_every_process_the_demo_started() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tinyraft_trio", "demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("elected"):
+                break
+        demo.send_signal(signal.SIGINT)  # only the demo: it must stop its nodes itself
+        rest, errors = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    output = "".join(lines) + rest
+    assert demo.returncode == 130, output + errors
+    assert "Traceback" not in errors
+    started = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
+    assert len(started) == 3
+    assert "stopped every process the demo started" in output
+    assert [pid for pid in started if alive(pid)] == []
