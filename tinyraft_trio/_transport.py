@@ -514,7 +514,13 @@ class TcpTransport:
             while True:
                 for message in messages:
                     if isinstance(message, Request):
-                        await inbound.requests.acquire()
+                        try:
+                            # Without yielding while tokens remain: the handlers of one burst
+                            # of requests then all run before the replicators do, so their
+                            # commands share AppendEntries.
+                            inbound.requests.acquire_nowait()
+                        except trio.WouldBlock:
+                            await inbound.requests.acquire()
                         nursery.start_soon(self._answer, handler, peer_id, message, inbound)
                         continue
                     if isinstance(message, Handshake):
