@@ -17,6 +17,7 @@ import trio
 from ._cli_node import CommandError
 from ._client import RaftClient, connect
 from ._config import parse_address
+from ._core._types import Role
 from .examples.kv import cas_command, delete_command, get_query, put_command
 
 Handler = Callable[[argparse.Namespace], int]
@@ -160,6 +161,14 @@ def _run_members(args: argparse.Namespace) -> int:
         _with_client(args, lambda client: client.remove_member(args.id))
         print(f"removed {args.id}")
         return 0
-    leader = _with_client(args, lambda client: client.transfer_leadership(args.id))
-    print(f"leader: {leader}")
+    leader, already = _with_client(args, lambda client: _transfer(client, args.id))
+    print(f"leader: {leader}" + (" (already the leader)" if already else ""))
     return 0
+
+
+async def _transfer(client: RaftClient, to: str | None) -> tuple[str, bool]:
+    if to is not None:
+        leaders = {s.leader_id for s in await client.status() if s.role is Role.LEADER}
+        if leaders == {to}:
+            return to, True
+    return await client.transfer_leadership(to), False

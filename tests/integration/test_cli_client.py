@@ -117,8 +117,13 @@ def test_members_commands(
     cluster: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     flags = ["--cluster", ",".join(cluster)]
-    code, out, err = run(capsys, "members", "transfer-leader", "n2", *flags)
-    assert (code, out, err) == (0, "leader: n2\n", "")
+    target = next(
+        node_id for node_id, voter in members(cluster).items() if node_id != leader(cluster)
+    )
+    code, out, err = run(capsys, "members", "transfer-leader", target, *flags)
+    assert (code, out, err) == (0, f"leader: {target}\n", "")
+    code, out, err = run(capsys, "members", "transfer-leader", target, *flags)
+    assert (code, out, err) == (0, f"leader: {target} (already the leader)\n", "")
 
     # n4 joins as a learner (asking a member); `members add` then makes it a voter.
     address = f"127.0.0.1:{free_ports(1)[0]}"
@@ -149,6 +154,19 @@ def test_members_commands(
         assert len(err.strip().splitlines()) == 1
     finally:
         assert stop(learner) == 0
+
+
+def leader(cluster: list[str]) -> str:
+    async def ask() -> str:
+        async with connect(cluster, timeout=5) as client:
+            with trio.fail_after(10):
+                while True:
+                    for status in await client.status():
+                        if status.role is Role.LEADER:
+                            return status.id
+                    await trio.sleep(0.05)
+
+    return trio.run(ask)
 
 
 def members(cluster: list[str]) -> dict[str, bool]:
