@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from ._cli_client import add_kv, add_members
@@ -162,11 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return handlers[args.command](args)
-    except (RaftError, OSError, ValueError) as error:
-        print(f"{PROG} {args.command}: error: {_describe(error)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as raised:
+        # Trio nurseries wrap errors in exception groups: look at what is inside.
+        leaves = list(_leaves(raised))
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return 130
+        if len(leaves) == 1 and isinstance(leaves[0], RaftError | OSError | ValueError):
+            print(f"{PROG} {args.command}: error: {_describe(leaves[0])}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    nested = getattr(error, "exceptions", None)
+    if isinstance(nested, tuple):
+        for inner in nested:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def main_entry() -> NoReturn:
