@@ -64,7 +64,11 @@ def add_node(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--http",
         metavar="HOST:PORT",
-        help="also serve the key-value HTTP API here (needs tinyraft-trio[http])",
+        help=(
+            "also serve the key-value HTTP API here: PUT/GET/DELETE /kv/KEY, "
+            "POST /kv/KEY/cas, GET /status; keys up to 1 KiB, values up to 64 KiB "
+            "(needs tinyraft-trio[http])"
+        ),
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return _run_node
