@@ -278,6 +278,8 @@ class RaftNode:
                 id=node_id, address=address, voter=existing is not None and existing.voter
             )
             await self._change_membership(core, _with_member(core.membership, learner))
+            if self._nursery is not None:
+                self._nursery.start_soon(self._introduce, node_id, address)
         if voter and not self._is_voter(node_id):
             await self._wait_caught_up(node_id)
             promoted = Member(id=node_id, address=address, voter=True)
@@ -947,6 +949,10 @@ class RaftNode:
             return await self._answer_read_index(request)
         if request.method == "members":
             return await self._answer_members(request)
+        if request.method == "introduce":
+            self._learn_members(request.body)
+            await trio.lowlevel.checkpoint()
+            return Response(request_id=request.request_id, ok=True, body=b"")
         if request.method == "status":
             await trio.lowlevel.checkpoint()
             return Response(request_id=request.request_id, ok=True, body=self._status_body())
@@ -1142,6 +1148,27 @@ class RaftNode:
         except TransportError as exc:
             return _error(request, f"could not reach the leader: {exc}")
         return Response(request_id=request.request_id, ok=response.ok, body=response.body)
+
+    async def _introduce(self, node_id: NodeId, address: str) -> None:
+        """Tell a node just added which addresses its fellow members have.
+
+        A node that did not join by asking (so got no answer listing them) could otherwise
+        not answer the leader until its log told it where the leader is, and its log cannot
+        grow until it answers.
+        """
+        members = self._running_core().membership.members
+        body = msgpack.packb([[m.id, m.address, m.voter] for m in members])
+        for _ in range(5):
+            try:
+                response = await self._transport.request(
+                    address, "introduce", body, timeout=self._join_request_timeout
+                )
+            except TransportError:
+                await trio.sleep(self.config.election_timeout)
+                continue
+            if response.ok:
+                return
+        logger.info("%s: could not introduce the members to %s at %s", self.id, node_id, address)
 
     def _learn_members(self, body: bytes) -> None:
         """Remember the members' addresses from a join answer (to reply before the log says)."""

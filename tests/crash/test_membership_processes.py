@@ -28,6 +28,8 @@ class MembershipCluster(ProcessCluster):
             cleaned.append(arg)
         if handle.node_id == "n1":
             return [*cleaned, "--bootstrap"]
+        if handle.node_id == "n4":
+            return cleaned  # neither bootstrap nor join: waits for a leader's add_member
         cleaned += ["--join", self.handles["n1"].listen]
         if handle.node_id == "n3":
             cleaned.append("--non-voter")
@@ -131,6 +133,40 @@ async def test_bootstrap_join_promote_remove_and_restart_all(tmp_path: Path) -> 
         assert states["n2"] == states["n3"]
         expected = [f"c{i}".encode().hex() for i in range(30)] + [b"final".hex()]
         assert states["n2"] == expected
+    except BaseException:
+        print(cluster.diagnostics())
+        raise
+    finally:
+        await cluster.shutdown()
+
+
+async def test_a_node_added_by_the_leader_alone_catches_up(tmp_path: Path) -> None:
+    """A node started with neither peers, bootstrap nor join, added with add_member."""
+    cluster = MembershipCluster(tmp_path, 4)
+    try:
+        await cluster.start("n1")
+        await wait_for(cluster, "n1", {"n1": True})
+        for i in range(5):
+            await apply(cluster, f"c{i}".encode())
+        await cluster.start("n4")
+        await control(
+            cluster,
+            {
+                "op": "add_member",
+                "id": "n4",
+                "address": cluster.handles["n4"].listen,
+                "voter": True,
+            },
+        )
+        await wait_for(cluster, "n4", {"n1": True, "n4": True})
+        await apply(cluster, b"after")
+        with trio.fail_after(30):
+            while True:
+                state = await cluster.request("n4", {"op": "state"})
+                if b"after".hex() in state["commands"]:
+                    break
+                await trio.sleep(0.1)
+        assert state["commands"] == [f"c{i}".encode().hex() for i in range(5)] + [b"after".hex()]
     except BaseException:
         print(cluster.diagnostics())
         raise
