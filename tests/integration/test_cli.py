@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
+from support import environment, free_ports, stop
 
 from tinyraft_trio import cli
 from tinyraft_trio._cli_node import config_from
@@ -22,26 +20,6 @@ from tinyraft_trio.examples.kv import (
     put_command,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def environment(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.update(variables)
-    return env
-
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
@@ -50,16 +28,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         stdout=subprocess.PIPE,
         stderr=log.open("wb"),
     )
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 def status(addresses: list[str]) -> str:

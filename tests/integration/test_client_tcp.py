@@ -2,70 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import trio
+from support import TcpCluster, free_ports
 
-from tinyraft_trio import RaftConfig, RaftNode, Role, open_raft_node
 from tinyraft_trio._client import RaftClient, connect
 from tinyraft_trio._exceptions import ClusterUnavailableError
-from tinyraft_trio.testing import RecordingStateMachine
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-class TcpCluster:
-    """Nodes on real TCP, each in its own task so any one can be shut down or killed alone."""
-
-    def __init__(self, nursery: trio.Nursery, size: int) -> None:
-        self.nursery = nursery
-        ports = free_ports(size)
-        self.peers = {f"n{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports, start=1)}
-        self.nodes: dict[str, RaftNode] = {}
-        self.machines: dict[str, RecordingStateMachine] = {}
-        self.scopes: dict[str, trio.CancelScope] = {}
-
-    async def start(self, node_id: str) -> None:
-        config = RaftConfig(
-            node_id=node_id,
-            listen=self.peers[node_id],
-            peers=self.peers,
-            election_timeout=0.3,
-            heartbeat_interval=0.05,
-        )
-        machine = self.machines[node_id] = RecordingStateMachine()
-        scope = self.scopes[node_id] = trio.CancelScope()
-
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                async with open_raft_node(config, machine) as node:
-                    self.nodes[node_id] = node
-                    task_status.started()
-                    await trio.sleep_forever()
-
-        await self.nursery.start(run)
-
-    def kill(self, node_id: str) -> None:
-        """Cancel the node (its connections drop); the others see it vanish."""
-        self.scopes.pop(node_id).cancel()
-        del self.nodes[node_id]
-
-    async def leader(self) -> RaftNode:
-        while True:
-            for node in self.nodes.values():
-                if node.status().role is Role.LEADER:
-                    return node
-            await trio.sleep(0.01)
 
 
 async def test_client_applies_through_any_node_and_survives_the_leader_going_away() -> None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import trio
+from support import free_port
 
 from tinyraft_trio import DataDirLockedError, RaftConfig, StorageCorruptedError, open_raft_node
 from tinyraft_trio.testing import RecordingStateMachine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def durable_config(data_dir: Path, **changes: object) -> RaftConfig:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import struct
 import threading
 
@@ -13,17 +12,11 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import free_port
 
 from tinyraft_trio import NotLeaderError, RaftConfig, Role, open_raft_node
 from tinyraft_trio._wire import PROTOCOL_VERSION, Handshake, encode_frame
 from tinyraft_trio.testing import RecordingStateMachine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def single_node_config(**changes: object) -> RaftConfig:

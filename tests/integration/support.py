@@ -1,0 +1,108 @@
+"""Helpers shared by the integration tests: free ports, node processes, in-process clusters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import trio
+
+from tinyraft_trio import RaftConfig, RaftNode, Role, open_raft_node
+from tinyraft_trio.testing import RecordingStateMachine
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    (port,) = free_ports(1)
+    return port
+
+
+def environment(**variables: str) -> dict[str, str]:
+    """This environment without NODE_*/RAFT_* settings, able to import the package, plus
+    ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.update(variables)
+    return env
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM a process we started (by its handle), SIGKILL it if it lingers; its status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+class TcpCluster:
+    """Nodes on real TCP, each in its own task, so any one can be stopped or killed alone."""
+
+    def __init__(self, nursery: trio.Nursery, size: int, *, election_timeout: float = 0.3) -> None:
+        self.nursery = nursery
+        self.election_timeout = election_timeout
+        ports = free_ports(size)
+        self.peers = {f"n{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports, start=1)}
+        self.nodes: dict[str, RaftNode] = {}
+        self.machines: dict[str, RecordingStateMachine] = {}
+        self._stops: dict[str, trio.Event] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    async def start(self, node_id: str) -> None:
+        config = RaftConfig(
+            node_id=node_id,
+            listen=self.peers[node_id],
+            peers=self.peers,
+            election_timeout=self.election_timeout,
+            heartbeat_interval=self.election_timeout / 6,
+        )
+        machine = self.machines[node_id] = RecordingStateMachine()
+        stop = self._stops[node_id] = trio.Event()
+        scope = self._scopes[node_id] = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                async with open_raft_node(config, machine) as node:
+                    self.nodes[node_id] = node
+                    task_status.started()
+                    await stop.wait()  # then leave the block: a graceful shutdown
+
+        await self.nursery.start(run)
+
+    def stop(self, node_id: str) -> None:
+        """Shut the node down gracefully (a leader hands leadership over first)."""
+        self._stops.pop(node_id).set()
+        self._scopes.pop(node_id)
+        del self.nodes[node_id]
+
+    def kill(self, node_id: str) -> None:
+        """Cancel the node at once: its connections drop, no handover."""
+        self._scopes.pop(node_id).cancel()
+        self._stops.pop(node_id)
+        del self.nodes[node_id]
+
+    async def leader(self) -> RaftNode:
+        """The running node that leads (other tasks' state: asked every 10 ms)."""
+        while True:
+            for node in self.nodes.values():
+                if node.status().role is Role.LEADER:
+                    return node
+            await trio.sleep(0.01)
