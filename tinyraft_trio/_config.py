@@ -37,7 +37,7 @@ def _check_int_range(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name}: must be an integer in {low}..{high}, got {value!r}")
 
 
-def _check_node_id(name: str, value: object) -> None:
+def check_node_id(name: str, value: object) -> None:
     if not isinstance(value, str) or not value or len(value) > 128 or not value.isprintable():
         raise ValueError(f"{name}: must be a non-empty printable string of at most 128 characters")
     if any(ch.isspace() for ch in value) or "=" in value or "," in value:
@@ -124,7 +124,7 @@ class RaftConfig:
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
-            _check_node_id("node_id", self.node_id)
+            check_node_id("node_id", self.node_id)
         elif self.peers:
             raise ValueError("node_id: required when peers are given")
         if not isinstance(self.listen, str):
@@ -137,7 +137,7 @@ class RaftConfig:
         if not isinstance(self.peers, Mapping):
             raise ValueError("peers: expected a mapping of node id to 'host:port'")
         for peer_id, address in self.peers.items():
-            _check_node_id(f"peers[{peer_id!r}]", peer_id)
+            check_node_id(f"peers[{peer_id!r}]", peer_id)
             if not isinstance(address, str):
                 raise ValueError(f"peers[{peer_id!r}]: expected 'host:port', got {address!r}")
             parse_address(address, field_name=f"peers[{peer_id!r}]")

@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 import msgpack
 import trio
 
-from ._config import RaftConfig, parse_address
+from ._config import RaftConfig, check_node_id, parse_address
 from ._core._messages import Message
 from ._core._state import CoreSettings, RaftCore, SnapshotNeeded
 from ._core._types import (
@@ -216,16 +216,29 @@ class RaftNode:
         core = self._require_leader()
         return await self._wait_applied_entry(core.propose(bytes(command)))
 
-    async def _apply_at_leader(self, command: bytes) -> object:
-        """A follower's apply(): send the command to the leader, and bring back its result."""
+    async def _leader_address(self) -> str:
+        """The address of the leader, waiting up to two election timeouts for one.
+
+        Raises:
+            NotLeaderError: no other node is known to lead (or its address is unknown).
+        """
         with trio.move_on_after(2 * self.config.election_timeout):
             await self.wait_for_leader()
         core = self._running_core()
-        if core.role is Role.LEADER:
-            return await self._wait_applied_entry(self._require_leader().propose(command))
         address = self._address_of(core.leader_id)
-        if core.leader_id is None or not address:
+        if core.leader_id is None or core.leader_id == self.id or not address:
             raise NotLeaderError(core.leader_id, address)
+        return address
+
+    async def _apply_at_leader(self, command: bytes) -> object:
+        """A follower's apply(): send the command to the leader, and bring back its result."""
+        try:
+            address = await self._leader_address()
+        except NotLeaderError:
+            if self._running_core().role is not Role.LEADER:
+                raise
+            # This node became the leader meanwhile.
+            return await self._wait_applied_entry(self._require_leader().propose(command))
         try:
             response = await self._transport.request(
                 address, "apply", command, timeout=self._forward_timeout
@@ -438,12 +451,7 @@ class RaftNode:
 
     async def _read_index_from_leader(self) -> Index:
         """Follower: ask the leader for a confirmed read index."""
-        with trio.move_on_after(2 * self.config.election_timeout):
-            await self.wait_for_leader()
-        core = self._running_core()
-        address = self._address_of(core.leader_id)
-        if core.leader_id is None or not address:
-            raise NotLeaderError(core.leader_id, address)
+        address = await self._leader_address()
         try:
             response = await self._transport.request(
                 address, "read_index", b"", timeout=self._forward_timeout
@@ -1077,12 +1085,10 @@ class RaftNode:
 
     async def _forward(self, request: Request) -> Response:
         """Send a request on to the leader (waiting a little for one) and relay its answer."""
-        with trio.move_on_after(2 * self.config.election_timeout):
-            await self.wait_for_leader()
-        core = self._running_core()
-        leader_address = self._address_of(core.leader_id)
-        if core.leader_id is None or core.leader_id == self.id or not leader_address:
-            return _answer(request, ["not_leader", core.leader_id, leader_address])
+        try:
+            leader_address = await self._leader_address()
+        except NotLeaderError as exc:
+            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         try:
             response = await self._transport.request(
                 leader_address, request.method, request.body, timeout=self._forward_timeout
@@ -1136,7 +1142,7 @@ class RaftNode:
                 self._promoting.add(node_id)
                 self._nursery.start_soon(self._promote, node_id, address)
             members = self._running_core().membership.members
-            body = msgpack.packb([[m.id, m.address, m.voter] for m in members])
+            body = _members_body(members)
             return Response(request_id=request.request_id, ok=True, body=body)
         leader_address = self._address_of(core.leader_id)
         if core.leader_id is None or not leader_address:
@@ -1157,7 +1163,7 @@ class RaftNode:
         grow until it answers.
         """
         members = self._running_core().membership.members
-        body = msgpack.packb([[m.id, m.address, m.voter] for m in members])
+        body = _members_body(members)
         for _ in range(5):
             try:
                 response = await self._transport.request(
@@ -1365,10 +1371,17 @@ def _with_member(membership: Membership, member: Member) -> Membership:
 
 
 def _check_member_id(node_id: object) -> None:
-    if not isinstance(node_id, str) or not 0 < len(node_id) <= 128 or not node_id.isprintable():
-        raise MembershipChangeError(f"invalid node id {node_id!r}")
-    if any(ch.isspace() for ch in node_id) or "=" in node_id or "," in node_id:
-        raise MembershipChangeError(f"invalid node id {node_id!r}")
+    """The rules of RaftConfig.node_id, refused as a membership change."""
+    try:
+        check_node_id("node_id", node_id)
+    except ValueError as exc:
+        raise MembershipChangeError(str(exc)) from None
+
+
+def _members_body(members: tuple[Member, ...]) -> bytes:
+    """Every member's id, address and role, for a joining node (msgpack)."""
+    body: bytes = msgpack.packb([[m.id, m.address, m.voter] for m in members])
+    return body
 
 
 def _error(request: Request, message: str) -> Response:

@@ -21,6 +21,8 @@ class ConfigurationHistory:
         self._base = base
         self._base_index = base_index
         self._entries: list[tuple[Index, Membership]] = []
+        # Asked for every message a node receives: kept until the history changes.
+        self._known_ids: frozenset[str] | None = None
 
     @property
     def latest(self) -> Membership:
@@ -34,10 +36,12 @@ class ConfigurationHistory:
     @property
     def known_ids(self) -> frozenset[str]:
         """Every node named by any configuration this log holds, committed or not."""
-        ids = set(self._base.ids)
-        for _, membership in self._entries:
-            ids |= membership.ids
-        return frozenset(ids)
+        if self._known_ids is None:
+            ids = set(self._base.ids)
+            for _, membership in self._entries:
+                ids |= membership.ids
+            self._known_ids = frozenset(ids)
+        return self._known_ids
 
     def at(self, index: Index) -> Membership:
         """The configuration in force once entries up to ``index`` are applied."""
@@ -54,6 +58,7 @@ class ConfigurationHistory:
         for entry in entries:
             if entry.kind is EntryKind.CONFIG:
                 self._entries.append((entry.index, Membership.from_bytes(entry.data)))
+                self._known_ids = None
                 changed = True
         return changed
 
@@ -62,13 +67,16 @@ class ConfigurationHistory:
         kept = [item for item in self._entries if item[0] < from_index]
         changed = len(kept) != len(self._entries)
         self._entries = kept
+        self._known_ids = None
         return changed
 
     def compacted(self, through_index: Index) -> None:
         """Fold configurations up to ``through_index`` into the base (a snapshot covers them)."""
         while self._entries and self._entries[0][0] <= through_index:
             self._base_index, self._base = self._entries.pop(0)
+            self._known_ids = None
 
     def reset(self, base: Membership, base_index: Index) -> None:
         """Start over from a snapshot's configuration (the log was discarded)."""
         self._base, self._base_index, self._entries = base, base_index, []
+        self._known_ids = None
