@@ -66,6 +66,11 @@ logger = logging.getLogger("tinyraft_trio.node")
 
 _APPLY_BATCH = 1024
 
+_COMMIT_LINGER = 0.002
+"""How long a follower's news of a higher commit index may wait to ride on the next entries
+before it is sent alone: under a stream of commands it never is, which halves the messages
+of sequential writes. Followers apply that much later; the leader's answers are not delayed."""
+
 
 class NodeObserver(Protocol):
     """Hooks for test harnesses that check invariants as a node runs (tinyraft_trio.testing)."""
@@ -97,11 +102,12 @@ class _Signal:
 class _Replicator:
     """A replicator task's inbox: woken on news for its follower, or when a heartbeat is due."""
 
-    __slots__ = ("heartbeat_due", "scope", "wake")
+    __slots__ = ("commit_due", "heartbeat_due", "scope", "wake")
 
     def __init__(self) -> None:
         self.wake = _Signal()
         self.heartbeat_due = True
+        self.commit_due = False
         self.scope = trio.CancelScope()
 
 
@@ -901,7 +907,11 @@ class RaftNode:
             with replicator.scope:
                 while True:
                     heartbeat, replicator.heartbeat_due = replicator.heartbeat_due, False
-                    message = core.replicate(peer, heartbeat=heartbeat)
+                    message = core.replicate(
+                        peer, heartbeat=heartbeat, commit=replicator.commit_due
+                    )
+                    if message is not None:
+                        replicator.commit_due = False
                     if isinstance(message, SnapshotNeeded):
                         async with self._snapshot_lock:
                             data = await self._storage.read_snapshot(message.offset, message.size)
@@ -910,6 +920,10 @@ class RaftNode:
                             self._transport.send_nowait(peer, chunk)
                     elif message is not None:
                         self._transport.send_nowait(peer, message)
+                    elif core.commit_behind(peer):
+                        with trio.move_on_after(_COMMIT_LINGER) as linger:
+                            await replicator.wake.wait()
+                        replicator.commit_due = linger.cancelled_caught
                     else:
                         await replicator.wake.wait()
         finally:

@@ -234,6 +234,44 @@ def test_commit_advance_is_sent_even_without_new_entries() -> None:
     assert replicate(leader, "b") is None
 
 
+def test_commit_news_alone_can_be_withheld_to_ride_on_the_next_entries() -> None:
+    """The driver may hold back a commit-only AppendEntries (``commit=False``); the news
+    then rides on the next entries. Entries and heartbeats are never held back."""
+    leader = replicating_leader()
+    entry = leader.propose(b"x")
+    leader.on_persisted(entry.index, entry.term)
+    [append] = drain_appends(leader, "b")
+    acknowledge(leader, "b", append)
+    assert leader.commit_index == 2
+    assert leader.commit_behind("b")
+    assert leader.replicate("b", commit=False) is None
+    heartbeat = leader.replicate("b", heartbeat=True, commit=False)
+    assert isinstance(heartbeat, AppendEntries) and heartbeat.leader_commit == 2
+    assert not leader.commit_behind("b")
+
+    second = leader.propose(b"y")
+    leader.on_persisted(second.index, second.term)
+    [append] = drain_appends(leader, "b")
+    acknowledge(leader, "b", append)
+    third = leader.propose(b"z")
+    assert leader.commit_behind("b")
+    carrying = leader.replicate("b", commit=False)
+    assert isinstance(carrying, AppendEntries)
+    assert carrying.entries == (third,) and carrying.leader_commit == 3
+    assert not leader.commit_behind("b")
+
+
+def test_a_probing_follower_is_never_commit_behind() -> None:
+    """In PROBE nothing but the outstanding probe may go out, so there is no news to hold."""
+    leader = replicating_leader()
+    entry = leader.propose(b"x")
+    leader.on_persisted(entry.index, entry.term)
+    [append] = drain_appends(leader, "b")
+    acknowledge(leader, "b", append)
+    assert leader.commit_index == 2
+    assert not leader.commit_behind("c")  # "c" never answered: still probing
+
+
 def test_stale_rejection_in_replicate_state_is_ignored() -> None:
     """Reference: §5.3 (a rejection for a point already known to match is out of date)."""
     leader = replicating_leader(max_entries_per_append=1)

@@ -807,3 +807,20 @@ async def test_crashing_a_node_ends_all_its_tasks_and_fails_pending_applies(
         assert all(t in alive for t in survivors)
     assert not _descendants(trio.lowlevel.current_task())
     assert len(_descendants(root)) == tasks_before
+
+
+async def test_followers_learn_a_commit_soon_even_between_heartbeats(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The commit index alone waits only briefly for entries to ride on (``_COMMIT_LINGER``),
+    not for the next heartbeat: with heartbeats a second apart, followers apply within a few
+    network round trips of the leader."""
+    async with open_memory_cluster(
+        3, seed=52, election_timeout=5.0, heartbeat_interval=1.0
+    ) as cluster:
+        leader = await cluster.wait_for_leader()
+        await cluster.wait_applied(leader.status().commit_index)
+        await leader.apply(b"one")
+        applied_at = trio.current_time()
+        await cluster.wait_applied(leader.status().commit_index)
+        assert trio.current_time() - applied_at < 0.1

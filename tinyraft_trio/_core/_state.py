@@ -398,11 +398,14 @@ class RaftCore:
         self.transfer_target = None
 
     def replicate(
-        self, peer: NodeId, *, heartbeat: bool = False
+        self, peer: NodeId, *, heartbeat: bool = False, commit: bool = True
     ) -> AppendEntries | SnapshotNeeded | None:
         """Leader only: the next AppendEntries for ``peer``, or None if nothing is due.
 
-        ``heartbeat`` asks for a message even if nothing new is pending (§5.2). In PROBE one
+        ``heartbeat`` asks for a message even if nothing new is pending (§5.2). ``commit``
+        false withholds a message that would only advance the follower's commit index: the
+        driver may let that news ride on the next entries instead (see ``commit_behind``).
+        In PROBE one
         message at a time is outstanding; in REPLICATE entries stream optimistically, at most
         ``max_inflight_appends`` messages ahead of the follower's acknowledgements. A follower
         that needs compacted entries gets the snapshot instead: ``SnapshotNeeded`` asks the
@@ -417,7 +420,7 @@ class RaftCore:
             self.log.term_at(progress.next_index - 1) is None
         ):
             return self._next_snapshot_chunk(progress, heartbeat)
-        message = self._next_append(progress, heartbeat)
+        message = self._next_append(progress, heartbeat, commit)
         if message is not None:
             progress.commit_sent = message.leader_commit
         return message
@@ -461,7 +464,19 @@ class RaftCore:
         size = min(self.settings.snapshot_chunk_bytes, snapshot.size - progress.snapshot_offset)
         return SnapshotNeeded(meta=snapshot, offset=progress.snapshot_offset, size=max(size, 0))
 
-    def _next_append(self, progress: Progress, heartbeat: bool) -> AppendEntries | None:
+    def commit_behind(self, peer: NodeId) -> bool:
+        """Leader only: whether ``peer`` was not yet sent the current commit index."""
+        progress = self._progress.get(peer)
+        return (
+            self.role is Role.LEADER
+            and progress is not None
+            and progress.state is ReplicationState.REPLICATE
+            and progress.commit_sent < self.commit_index
+        )
+
+    def _next_append(
+        self, progress: Progress, heartbeat: bool, commit: bool
+    ) -> AppendEntries | None:
         prev_log_index = progress.next_index - 1
         if progress.state is ReplicationState.PROBE:
             if progress.probe_sent and not heartbeat:
@@ -476,7 +491,7 @@ class RaftCore:
             progress.next_index = entries[-1].index + 1
             progress.inflight.append(entries[-1].index)
             return self._append_entries(prev_log_index, entries)
-        if heartbeat or progress.commit_sent < self.commit_index:
+        if heartbeat or (commit and progress.commit_sent < self.commit_index):
             return self._append_entries(prev_log_index, ())
         return None
 
