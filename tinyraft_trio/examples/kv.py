@@ -46,6 +46,13 @@ class KeyValueStore:
 
     def apply(self, command: bytes) -> object:
         operation = _unpack(command)
+        # The common case first, without ``match``'s sequence-pattern checks (a fifth of
+        # a follower's time under load).
+        if type(operation) is list and len(operation) == 3 and operation[0] == "put":
+            key, value = operation[1], operation[2]
+            if type(key) is str and type(value) is str:
+                self.data[key] = value
+                return None
         match operation:
             case ["put", str(key), str(value)]:
                 self.data[key] = value
