@@ -20,6 +20,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import msgpack
@@ -128,6 +129,31 @@ class _Waiter:
             self.done.set()
 
 
+_Answerer = Callable[["Request", object, "BaseException | None"], "Response"]
+"""Turns an entry's outcome (result or error) into the answer to the request behind it."""
+
+
+class _Reply:
+    """A client's request waiting, without a task, for its entry to be applied."""
+
+    __slots__ = ("answer", "reply", "request", "term")
+
+    def __init__(
+        self,
+        term: Term,
+        request: Request,
+        answer: _Answerer,
+        reply: Callable[[Response], None],
+    ) -> None:
+        self.term = term
+        self.request = request
+        self.answer = answer
+        self.reply = reply
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        self.reply(self.answer(self.request, result, error))
+
+
 class RaftNode:
     """One running Raft node. Obtain it from ``open_raft_node``; do not construct it directly."""
 
@@ -156,7 +182,7 @@ class RaftNode:
         self._closed = False
         self._ignored_messages = 0
         self._last_applied: Index = 0
-        self._waiters: dict[Index, _Waiter] = {}
+        self._waiters: dict[Index, _Waiter | _Reply] = {}
         self._ready_signal = _Signal()
         self._apply_signal = _Signal()
         self._replicators: dict[NodeId, _Replicator] = {}
@@ -683,6 +709,7 @@ class RaftNode:
                     self._deliver,
                     self._address_of,
                     handle_request=self._handle_request,
+                    start_request=self._start_request,
                 )
                 await nursery.start(serve)
                 nursery.start_soon(self._run_election_timer)
@@ -995,16 +1022,57 @@ class RaftNode:
             result = await self.apply(request.body)
         except NotLeaderError as exc:
             return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
-        except (LeadershipLostError, NodeClosedError) as exc:
-            return _answer(request, ["unknown", str(exc)])
         except (StorageFailedError, ValueError, TypeError) as exc:
             return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
-        except Exception as exc:  # the state machine raised: applied, and this is its result
-            return _answer(request, ["error", type(exc).__name__, str(exc)])
-        try:
-            return _answer(request, ["ok", result])
-        except TypeError:
-            return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+        except Exception as exc:
+            return _apply_answer(request, None, exc)
+        return _apply_answer(request, result, None)
+
+    def _start_request(
+        self, requester: str, request: Request, reply: Callable[[Response], None]
+    ) -> bool:
+        """The leader's fast path for "apply": propose at once, and let the applier answer.
+
+        Saves a task, an Event and two task switches per command. Everything else (and an
+        "apply" that would be refused or forwarded) goes to ``_handle_request``.
+        """
+        core = self._core
+        if (
+            core is None
+            or core.role is not Role.LEADER
+            or core.transfer_target is not None
+            or self._closed
+            or self._storage_error is not None
+        ):
+            return False
+        if request.method == "apply":
+            if len(request.body) > self.config.max_frame_bytes - 4096:
+                return False  # refused by the handler
+            entry = core.propose(request.body)
+            answer: _Answerer = _apply_answer
+        elif request.method == "submit":
+            try:
+                client_id, sequence, command, *rest = msgpack.unpackb(request.body)
+                first_outstanding = int(rest[0]) if rest else 0
+            except Exception:
+                return False  # refused by the handler
+            if (
+                type(client_id) is not str
+                or type(command) is not bytes
+                or type(sequence) is not int
+                or sequence < 1
+            ):
+                return False
+            data = encode_command(
+                client_id, sequence, first_outstanding, int(time.time() * 1000), command
+            )
+            entry = core.propose(data, EntryKind.SESSION)
+            answer = _submit_answer
+        else:
+            return False
+        self._waiters[entry.index] = _Reply(entry.term, request, answer, reply)
+        self._after_core()
+        return True
 
     async def _answer_submit(self, request: Request) -> Response:
         """A client's numbered command: applied once, however often it arrives (§6.3)."""
@@ -1030,13 +1098,10 @@ class RaftNode:
         except NotLeaderError as exc:
             return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except (LeadershipLostError, NodeClosedError) as exc:
-            return _answer(request, ["unknown", str(exc)])
+            return _submit_answer(request, None, exc)
         except StorageFailedError as exc:
             return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
-        kind, value = cast("tuple[str, Any]", outcome)
-        if kind == "ok":
-            return _answer(request, ["ok", value])
-        return _answer(request, ["error", *value])
+        return _submit_answer(request, outcome, None)
 
     async def _answer_query(self, request: Request) -> Response:
         try:
@@ -1400,6 +1465,28 @@ def _members_body(members: tuple[Member, ...]) -> bytes:
 
 def _error(request: Request, message: str) -> Response:
     return Response(request_id=request.request_id, ok=False, body=message.encode())
+
+
+def _apply_answer(request: Request, result: object, error: BaseException | None) -> Response:
+    """The answer to an "apply" whose entry was applied (or whose outcome became unknown)."""
+    if isinstance(error, LeadershipLostError | NodeClosedError):
+        return _answer(request, ["unknown", str(error)])
+    if error is not None:  # the state machine raised: applied, and this is its result
+        return _answer(request, ["error", type(error).__name__, str(error)])
+    try:
+        return _answer(request, ["ok", result])
+    except TypeError:
+        return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+
+
+def _submit_answer(request: Request, outcome: object, error: BaseException | None) -> Response:
+    """The answer to a "submit" whose session entry was applied (or became unknown)."""
+    if error is not None:  # leadership lost, or the node closed
+        return _answer(request, ["unknown", str(error)])
+    kind, value = cast("tuple[str, Any]", outcome)
+    if kind == "ok":
+        return _answer(request, ["ok", value])
+    return _answer(request, ["error", *value])
 
 
 def _answer(request: Request, value: list[object]) -> Response:

@@ -46,6 +46,7 @@ if sys.version_info < (3, 11):
 __all__ = [
     "Request",
     "RequestHandler",
+    "RequestStarter",
     "Response",
     "RpcClient",
     "RpcClientStatistics",
@@ -59,6 +60,16 @@ RequestHandler = Callable[[str, Request], Awaitable[Response]]
 The requester id is whatever the other side announced (a node id or a client id); the handler
 decides which requests to accept from whom. An exception it raises becomes a
 ``Response(ok=False, body=b"internal error: <type>")`` and a logged warning.
+"""
+
+RequestStarter = Callable[[str, Request, Callable[[Response], None]], bool]
+"""Takes a request without a task of its own, if it can: ``(requester, request, reply)``.
+
+Returns False to leave the request to the ``RequestHandler`` (in a task, as usual). Returns
+True to answer it later itself, by calling ``reply(response)`` once, from any task (never
+calling it, if the node stops first, only leaves the request unanswered). Must not block:
+it runs in the connection's reader. The fast path for requests answered by an event that
+comes anyway, such as a command's commit.
 """
 
 logger = logging.getLogger("tinyraft_trio.rpc")
@@ -166,14 +177,12 @@ async def answer_request(
     """Run ``handler`` on ``request`` and return the encoded Response frame to send back.
 
     Never raises ``Exception``: without a handler the answer is ``ok=False, b"no handler"``;
-    a handler that raises (or returns something other than a valid ``Response``) gets an
-    ``ok=False`` answer naming the problem's type, and a WARNING on ``log`` with the
-    traceback. The response's ``request_id`` is always the request's. An answer larger
-    than ``max_frame_bytes`` is replaced by an ``ok=False`` one saying so. Cancellation
+    a handler that raises gets an ``ok=False`` answer naming the exception's type, and a
+    WARNING on ``log`` with the traceback. Otherwise as ``encode_answer``. Cancellation
     propagates (no answer is sent).
     """
     if handler is None:
-        response = _error_response(request, "no handler")
+        result: object = _error_response(request, "no handler")
     else:
         try:
             result = await handler(requester, request)
@@ -187,22 +196,39 @@ async def answer_request(
                 exc,
                 exc_info=exc,
             )
-            response = _error_response(request, f"internal error: {type(exc).__name__}")
-        else:
-            problem = _response_problem(result)
-            if problem is not None:
-                log.warning(
-                    "request handler %s for %s request %d from %r",
-                    problem,
-                    request.method,
-                    request.request_id,
-                    requester,
-                )
-                response = _error_response(request, "internal error: invalid response")
-            elif result.request_id != request.request_id:
-                response = replace(result, request_id=request.request_id)
-            else:
-                response = result
+            result = _error_response(request, f"internal error: {type(exc).__name__}")
+    return encode_answer(result, requester, request, max_frame_bytes=max_frame_bytes, log=log)
+
+
+def encode_answer(
+    result: object,
+    requester: str,
+    request: Request,
+    *,
+    max_frame_bytes: int,
+    log: logging.Logger,
+) -> bytes:
+    """Encode a handler's answer to ``request`` as the frame to send back.
+
+    Something other than a valid ``Response`` becomes an ``ok=False`` answer (and a
+    WARNING on ``log``). The response's ``request_id`` is always the request's. An answer
+    larger than ``max_frame_bytes`` is replaced by an ``ok=False`` one saying so.
+    """
+    problem = _response_problem(result)
+    if problem is not None:
+        log.warning(
+            "request handler %s for %s request %d from %r",
+            problem,
+            request.method,
+            request.request_id,
+            requester,
+        )
+        response = _error_response(request, "internal error: invalid response")
+    else:
+        assert isinstance(result, Response)
+        response = result
+        if response.request_id != request.request_id:
+            response = replace(response, request_id=request.request_id)
     frame = encode_frame(response)
     if len(frame) - _FRAME_HEADER_BYTES > max_frame_bytes:
         log.warning(

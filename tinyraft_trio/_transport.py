@@ -28,9 +28,11 @@ from ._outbox import MAX_WRITE_BYTES, Outbox
 from ._rpc import (
     DEFAULT_MAX_FRAME_BYTES,
     RequestHandler,
+    RequestStarter,
     RpcClient,
     TransportError,
     answer_request,
+    encode_answer,
     open_rpc_client,
     receive_handshake,
 )
@@ -75,12 +77,14 @@ class Transport(Protocol):
         address_of: AddressBook,
         *,
         handle_request: RequestHandler | None = None,
+        start_request: RequestStarter | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept peers' connections and deliver their messages; run outbound connections.
 
         Requests (from peers or clients) are answered by ``handle_request``, each in its
         own task; while it is None they get ``Response(ok=False, body=b"no handler")``.
+        ``start_request``, if given, is offered each request first (see ``RequestStarter``).
         Calls ``task_status.started()`` once peers can connect. Never returns; cancelling it
         closes every connection and listener the transport opened.
         """
@@ -294,6 +298,7 @@ class TcpTransport:
         self._handshake_frame = b""
         self._deliver: MessageHandler | None = None
         self._handle_request: RequestHandler | None = None
+        self._start_request: RequestStarter | None = None
         self._rpc: RpcClient | None = None
         self._address_of: AddressBook | None = None
         self._bound_address: str | None = None
@@ -331,6 +336,7 @@ class TcpTransport:
         address_of: AddressBook,
         *,
         handle_request: RequestHandler | None = None,
+        start_request: RequestStarter | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen for peers, deliver what they send, and run the outbound connections.
@@ -341,7 +347,8 @@ class TcpTransport:
         is asked for a peer's address each time a connection to it is opened.
         ``handle_request`` answers requests, each in its own task in its connection's
         nursery (see ``_rpc.RequestHandler``); without it every request is answered
-        ``ok=False, body=b"no handler"``.
+        ``ok=False, body=b"no handler"``. ``start_request``, if given, is offered each
+        request first, in the connection's reader (see ``_rpc.RequestStarter``).
 
         Never returns. When cancelled, every listener, connection and task it opened is
         closed before it exits; messages still queued are counted as dropped. An exception
@@ -368,6 +375,7 @@ class TcpTransport:
                 trio.open_nursery() as nursery,
             ):
                 self._handle_request = handle_request
+                self._start_request = start_request
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 self._bound_address = _format_address(listeners[0].socket.getsockname())
                 self._node_id = node_id
@@ -393,6 +401,7 @@ class TcpTransport:
             self._nursery = None
             self._deliver = None
             self._handle_request = None
+            self._start_request = None
             self._rpc = None
             self._address_of = None
             self._bound_address = None
@@ -510,6 +519,7 @@ class TcpTransport:
         deliver = self._deliver
         assert deliver is not None  # connections are only accepted while serving
         handler = self._handle_request
+        starter = self._start_request
         try:
             while True:
                 for message in messages:
@@ -521,7 +531,8 @@ class TcpTransport:
                             inbound.requests.acquire_nowait()
                         except trio.WouldBlock:
                             await inbound.requests.acquire()
-                        nursery.start_soon(self._answer, handler, peer_id, message, inbound)
+                        if starter is None or not self._start(starter, peer_id, message, inbound):
+                            nursery.start_soon(self._answer, handler, peer_id, message, inbound)
                         continue
                     if isinstance(message, Handshake):
                         raise ProtocolError("a second Handshake after the first")
@@ -555,6 +566,33 @@ class TcpTransport:
             inbound.outbox.put(frame)
         finally:
             inbound.requests.release()
+
+    def _start(
+        self, starter: RequestStarter, peer_id: NodeId, request: Request, inbound: _Inbound
+    ) -> bool:
+        """Offer ``request`` to ``starter``; True if it took the request (and the token)."""
+
+        def reply(response: Response) -> None:
+            inbound.outbox.put(
+                encode_answer(
+                    response, peer_id, request, max_frame_bytes=self._max_frame_bytes, log=logger
+                )
+            )
+            inbound.requests.release()
+
+        try:
+            return starter(peer_id, request, reply)
+        except Exception as exc:
+            logger.warning(
+                "request starter failed on %s request %d from %r: %s: %s",
+                request.method,
+                request.request_id,
+                peer_id,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return False
 
     async def _write_responses(
         self,

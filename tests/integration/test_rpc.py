@@ -17,6 +17,7 @@ from tinyraft_trio._core._messages import AppendEntries, Message, TimeoutNow
 from tinyraft_trio._core._types import NodeId
 from tinyraft_trio._rpc import (
     Request,
+    RequestStarter,
     Response,
     RpcClient,
     TransportError,
@@ -76,12 +77,14 @@ class Server:
         node_id: NodeId = "srv",
         handler: Handler | None = echo,
         listen: str = "127.0.0.1:0",
+        starter: RequestStarter | None = None,
         **kw: Any,
     ) -> None:
         kw.setdefault("cluster_id", CLUSTER)
         kw.setdefault("rng", random.Random(3))
         self.node_id = node_id
         self.handler = handler
+        self.starter = starter
         self.transport = TcpTransport(listen=listen, **kw)
         self.book: dict[NodeId, str] = {}
         self.received: list[tuple[NodeId, Message]] = []
@@ -107,6 +110,7 @@ class Server:
                     self.deliver,
                     self.book.get,
                     handle_request=self.handler,
+                    start_request=self.starter,
                     task_status=task_status,
                 )
         finally:
@@ -502,6 +506,67 @@ async def test_requests_per_connection_are_bounded() -> None:
                     release.set()
             assert most == 4
             assert len(answers) == 20
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_starter_answers_later_and_leaves_other_requests_to_the_handler() -> None:
+    """What the starter takes it answers (from any task, in any order); the rest goes to
+    the handler. Each taken request holds its connection's token until answered."""
+    taken: list[tuple[Request, Callable[[Response], None]]] = []
+    two_taken = trio.Event()
+
+    def starter(requester: str, request: Request, reply: Callable[[Response], None]) -> bool:
+        if request.method != "later":
+            return False
+        taken.append((request, reply))
+        if len(taken) == 2:
+            two_taken.set()
+        return True
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=echo, starter=starter, max_concurrent_requests=2).start(
+                nursery
+            )
+            async with open_rpc_client(client_id="cli", cluster_id=CLUSTER) as client:
+                answers: dict[bytes, Response] = {}
+
+                async def ask(method: str, body: bytes) -> None:
+                    answers[body] = await client.request(server.address, method, body, timeout=5)
+
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(ask, "later", b"1")
+                    requests.start_soon(ask, "later", b"2")
+                    await two_taken.wait()
+                    # Both tokens are held: a third request waits for one.
+                    requests.start_soon(ask, "now", b"3")
+                    await trio.sleep(0.05)
+                    assert b"3" not in answers
+                    for request, reply in reversed(taken):
+                        reply(
+                            Response(
+                                request_id=request.request_id, ok=True, body=b"late " + request.body
+                            )
+                        )
+                assert answers[b"1"].body == b"late 1"
+                assert answers[b"2"].body == b"late 2"
+                assert answers[b"3"].body == b"cli:now:3"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_starter_that_raises_leaves_the_request_to_the_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def starter(requester: str, request: Request, reply: Callable[[Response], None]) -> bool:
+        raise RuntimeError("bug in the starter")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=echo, starter=starter).start(nursery)
+            async with open_rpc_client(client_id="cli", cluster_id=CLUSTER) as client:
+                answer = await client.request(server.address, "m", b"x", timeout=5)
+            assert answer.body == b"cli:m:x"
+            assert "request starter failed" in caplog.text
             nursery.cancel_scope.cancel()
 
 

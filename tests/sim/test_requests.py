@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import trio
 
+from tinyraft_trio._rpc import Request, Response
 from tinyraft_trio.testing import open_memory_cluster
 
 
@@ -62,3 +63,44 @@ async def test_a_followers_own_apply_is_forwarded_to_the_leader(autojump_clock: 
         await cluster.wait_applied(leader.status().commit_index)
         for machine in cluster.state_machines.values():
             assert machine.commands == [b"from a follower"]  # type: ignore[attr-defined]
+
+
+async def test_the_leader_answers_commands_without_a_task_and_says_unknown_when_deposed(
+    autojump_clock: object,
+) -> None:
+    """The fast path for "apply" and "submit": taken only by a leader, answered by the
+    applier once the entry applies, or "unknown" if leadership is lost first."""
+    async with open_memory_cluster(3, seed=45) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(n for n in cluster.running.values() if n.id != leader.id)
+        replies: list[list[object]] = []
+        replied = trio.Event()
+
+        def reply(response: Response) -> None:
+            nonlocal replied
+            replies.append(msgpack.unpackb(response.body))
+            replied.set()
+            replied = trio.Event()
+
+        async def wait_for_replies(count: int) -> None:
+            with trio.fail_after(30):
+                while len(replies) < count:
+                    await replied.wait()
+
+        apply = Request(request_id=1, method="apply", body=b"fast")
+        assert not follower._start_request("c", apply, reply)
+        assert leader._start_request("c", apply, reply)
+        submit = msgpack.packb(["client-a", 1, b"once", 1])
+        assert leader._start_request(
+            "c", Request(request_id=2, method="submit", body=submit), reply
+        )
+        assert not leader._start_request(
+            "c", Request(request_id=3, method="status", body=b""), reply
+        )
+        await wait_for_replies(2)
+        assert [r[0] for r in replies] == ["ok", "ok"]
+
+        cluster.network.isolate(leader.id)
+        assert leader._start_request("c", Request(request_id=4, method="apply", body=b"x"), reply)
+        await wait_for_replies(3)
+        assert replies[2][0] == "unknown"

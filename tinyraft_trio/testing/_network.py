@@ -42,10 +42,12 @@ from .._core._messages import Message
 from .._core._types import NodeId
 from .._rpc import (
     RequestHandler,
+    RequestStarter,
     TransportError,
     answer_request,
     check_frame_size,
     check_request,
+    encode_answer,
     timeout_reason,
 )
 from .._transport import AddressBook, MessageHandler, TransportStatistics
@@ -466,13 +468,7 @@ class MemoryNetwork:
         request = decoded[0] if len(decoded) == 1 else None
         if not isinstance(request, Request):
             raise ProtocolError(f"a memory-network request decoded to {decoded!r}, not a Request")
-        response = await answer_request(
-            server._handler,
-            requester,
-            request,
-            max_frame_bytes=self._max_frame_bytes,
-            log=logger,
-        )
+        response = await self._answer(server, requester, request)
         if (
             not self._is_current(server)
             or not self.can_reach(server.node_id, requester)
@@ -482,6 +478,35 @@ class MemoryNetwork:
         call.frame = response
         call.arrives_at = trio.current_time() + self._flight_time()
         call.done.set()
+
+    async def _answer(self, server: MemoryTransport, requester: str, request: Request) -> bytes:
+        """The response frame: from the server's starter if it takes the request, as the
+        TCP transport would offer it, else from its handler."""
+        starter = server._starter
+        if starter is not None:
+            replied = trio.Event()
+            answers: list[Response] = []
+
+            def reply(response: Response) -> None:
+                answers.append(response)
+                replied.set()
+
+            if starter(requester, request, reply):
+                await replied.wait()
+                return encode_answer(
+                    answers[0],
+                    requester,
+                    request,
+                    max_frame_bytes=self._max_frame_bytes,
+                    log=logger,
+                )
+        return await answer_request(
+            server._handler,
+            requester,
+            request,
+            max_frame_bytes=self._max_frame_bytes,
+            log=logger,
+        )
 
 
 class MemoryTransport:
@@ -507,6 +532,7 @@ class MemoryTransport:
         """Invariant: set exactly while serve() runs (after started()); request handlers run
         in it, so they die with the node."""
         self._handler: RequestHandler | None = None
+        self._starter: RequestStarter | None = None
         self._calls: set[_Call] = set()
         """This node's own requests waiting for their responses."""
         self._messages_sent = 0
@@ -530,6 +556,7 @@ class MemoryTransport:
         address_of: AddressBook,
         *,
         handle_request: RequestHandler | None = None,
+        start_request: RequestStarter | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Put the node on the network and deliver its incoming messages until cancelled.
@@ -538,7 +565,8 @@ class MemoryTransport:
         raises (or a frame the codec rejects) propagates out of ``serve()``. ``address_of``
         is ignored: memory nodes are addressed by id. Requests to this transport's address
         are answered by ``handle_request``, each in a task of this ``serve()`` (without it,
-        ``ok=False, body=b"no handler"``).
+        ``ok=False, body=b"no handler"``); ``start_request``, if given, is offered each
+        request first, as the TCP transport does.
 
         Calls ``task_status.started()`` once peers can reach the node. Never returns. When
         cancelled, the node is off the network: everything in flight to it is discarded
@@ -559,6 +587,7 @@ class MemoryTransport:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._handler = handle_request
+                self._starter = start_request
                 self._inbox = inbox
                 task_status.started()
                 await self._run_deliveries(inbox)
@@ -571,6 +600,7 @@ class MemoryTransport:
             self._inbox = None
             self._nursery = None
             self._handler = None
+            self._starter = None
             self._network._discard(inbox)
             calls, self._calls = self._calls, set()
             for call in calls:
