@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
+import time
 
 import pytest
 import trio
@@ -300,26 +302,64 @@ async def test_an_unchanged_hard_state_is_not_rewritten(tmp_path: pathlib.Path) 
         assert (tmp_path / "hardstate").stat().st_ino != inode
 
 
+@pytest.mark.parametrize(
+    ("size", "in_thread"), [(16, False), (128 * 1024, True)], ids=["inline", "in-thread"]
+)
 async def test_a_persist_cancelled_in_flight_completes(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, size: int, in_thread: bool
 ) -> None:
-    """Once its worker thread started, persist is not interrupted: the change is durable."""
+    """Once it started writing, persist is not interrupted: the change is durable. Small
+    appends are written on the event loop, large ones in a worker thread."""
     real_fdatasync = os.fdatasync
     scope = trio.CancelScope()
+    threads: list[int] = []
 
     def fdatasync_and_cancel(fd: int) -> None:
-        trio.from_thread.run_sync(scope.cancel)
+        threads.append(threading.get_ident())
+        if threading.get_ident() == loop_thread:
+            scope.cancel()
+        else:
+            trio.from_thread.run_sync(scope.cancel)
         real_fdatasync(fd)
 
+    loop_thread = threading.get_ident()
+    entries = make_entries(1, 3, size=size)
     async with opened(tmp_path) as storage:
         monkeypatch.setattr(os, "fdatasync", fdatasync_and_cancel)
         returned = False
         with scope:
-            await storage.persist(hard_state=None, first_index=1, entries=make_entries(1, 3))
+            await storage.persist(hard_state=None, first_index=1, entries=entries)
             returned = True
             await trio.lowlevel.checkpoint()
         monkeypatch.undo()
         assert returned and scope.cancelled_caught
+        assert (threads[0] != loop_thread) is in_thread
+    assert (await reload(tmp_path)).entries == tuple(entries)
+
+
+async def test_after_a_slow_inline_append_appends_go_to_a_worker_thread(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk blocks the event loop for one small append, not for every one."""
+    real_fdatasync = os.fdatasync
+    threads: list[int] = []
+    delay = [0.002]
+
+    def slow_fdatasync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        time.sleep(delay[0])
+        real_fdatasync(fd)
+
+    loop_thread = threading.get_ident()
+    async with opened(tmp_path) as storage:
+        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+        for index in range(1, 4):
+            await storage.persist(
+                hard_state=None, first_index=index, entries=make_entries(index, 1)
+            )
+        monkeypatch.undo()
+    assert threads[0] == loop_thread
+    assert all(thread != loop_thread for thread in threads[1:])
     assert (await reload(tmp_path)).entries == tuple(make_entries(1, 3))
 
 

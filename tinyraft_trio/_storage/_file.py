@@ -49,6 +49,7 @@ import os
 import re
 import struct
 import sys
+import time
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -73,6 +74,12 @@ TEMP_SUFFIX = ".tmp"
 SEGMENT_SUFFIX = ".seg"
 
 _FORMAT_VERSION = 1
+
+_INLINE_APPEND_MAX_BYTES = 64 * 1024
+_INLINE_APPEND_MAX_ENTRIES = 256
+_INLINE_APPEND_MAX_SECONDS = 0.001
+"""An inline append slower than this blocked the event loop too long: back to the thread."""
+_INLINE_BACKOFF_APPENDS = 1000
 _HARD_STATE_MAGIC = b"TRHS"
 _SNAPSHOT_MAGIC = b"TRSN"
 # magic, format version, crc32 of everything after this header
@@ -766,6 +773,9 @@ class FileStorage:
         # Set when a write's outcome is unknown; every later write raises OSError(EIO).
         self._broken: str | None = None
         self._loaded = False
+        # Appends to send to the worker thread before trying one inline again (see
+        # _inline_append_is_cheap).
+        self._inline_slow_until = 0
 
     def __repr__(self) -> str:
         return f"FileStorage({self.data_dir!r})"
@@ -801,12 +811,46 @@ class FileStorage:
             OSError: the disk failed. Entries of this call may or may not have been stored;
                 earlier ones are intact.
 
-        Cancelled before its worker thread starts, it writes nothing; once started, it is
-        not interrupted: the whole change becomes durable and the call returns normally (the
-        cancellation is delivered at the caller's next checkpoint).
+        Cancelled before it starts writing, it writes nothing; once started, it is not
+        interrupted: the whole change becomes durable and the call returns normally (the
+        cancellation is delivered at the caller's next checkpoint). Small appends are
+        written on the event loop, larger ones and hard state in a worker thread.
         """
         entries = tuple(entries)
+        if hard_state is None and self._inline_append_is_cheap(entries):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            started = time.perf_counter()
+            try:
+                self._persist_sync(None, first_index, entries)
+            finally:
+                self._note_inline_append(time.perf_counter() - started)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
         await trio.to_thread.run_sync(self._persist_sync, hard_state, first_index, entries)
+
+    def _inline_append_is_cheap(self, entries: tuple[Entry, ...]) -> bool:
+        """Whether to append on the event loop rather than in a worker thread.
+
+        A trip to a worker thread costs about 100 us of CPU and latency (measured with
+        ``trio.to_thread.run_sync``), more than a small append and its ``fdatasync`` take
+        on a fast disk (75 us, same machine). So small appends run inline while they are
+        quick; one that took over a millisecond sends the next thousand appends to the
+        thread before one is tried inline again. A slow disk thus blocks the event loop
+        for about one write in a thousand.
+        """
+        if self._inline_slow_until > 0:
+            self._inline_slow_until -= 1
+            return False
+        if len(entries) > _INLINE_APPEND_MAX_ENTRIES:
+            return False
+        size = 0
+        for entry in entries:
+            size += len(entry.data)
+        return size <= _INLINE_APPEND_MAX_BYTES
+
+    def _note_inline_append(self, seconds: float) -> None:
+        if seconds > _INLINE_APPEND_MAX_SECONDS:
+            self._inline_slow_until = _INLINE_BACKOFF_APPENDS
 
     async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Atomically and durably replace the snapshot. ``meta.size`` must be ``len(data)``.
