@@ -64,7 +64,7 @@ from ._base import PersistentState
 
 logger = logging.getLogger("tinyraft_trio.storage")
 
-DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 
 LOCK_NAME = "LOCK"
 HARD_STATE_NAME = "hardstate"
@@ -79,7 +79,7 @@ _INLINE_APPEND_MAX_BYTES = 64 * 1024
 _INLINE_APPEND_MAX_ENTRIES = 256
 _INLINE_APPEND_MAX_SECONDS = 0.001
 """An inline append slower than this blocked the event loop too long: back to the thread."""
-_INLINE_BACKOFF_APPENDS = 1000
+_INLINE_BACKOFF_APPENDS = 200
 _HARD_STATE_MAGIC = b"TRHS"
 _SNAPSHOT_MAGIC = b"TRSN"
 # magic, format version, crc32 of everything after this header
@@ -819,11 +819,14 @@ class FileStorage:
         entries = tuple(entries)
         if hard_state is None and self._inline_append_is_cheap(entries):
             await trio.lowlevel.checkpoint_if_cancelled()
+            segments = len(self._segments)
             started = time.perf_counter()
             try:
                 self._persist_sync(None, first_index, entries)
             finally:
-                self._note_inline_append(time.perf_counter() - started)
+                # Starting a segment also syncs the directory: rare, and no sign of a slow disk.
+                if len(self._segments) == segments:
+                    self._note_inline_append(time.perf_counter() - started)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await trio.to_thread.run_sync(self._persist_sync, hard_state, first_index, entries)
@@ -834,9 +837,9 @@ class FileStorage:
         A trip to a worker thread costs about 100 us of CPU and latency (measured with
         ``trio.to_thread.run_sync``), more than a small append and its ``fdatasync`` take
         on a fast disk (75 us, same machine). So small appends run inline while they are
-        quick; one that took over a millisecond sends the next thousand appends to the
-        thread before one is tried inline again. A slow disk thus blocks the event loop
-        for about one write in a thousand.
+        quick; one that took over a millisecond sends the next 200 appends to the thread
+        before one is tried inline again. A slow disk thus blocks the event loop for about
+        one write in 200.
         """
         if self._inline_slow_until > 0:
             self._inline_slow_until -= 1
