@@ -75,6 +75,8 @@ class RaftConfig:
             before acknowledging). None keeps everything in memory: a restarted node then
             comes back empty.
         segment_bytes: a log segment file is closed and a new one started past this size.
+            Segments are deleted whole once a snapshot covers them, so this bounds the log
+            kept behind the last snapshot (on disk, and its index in memory).
         snapshot_threshold: take a snapshot once this many entries were applied since the
             last one.
         trailing_entries: entries kept in the log behind a snapshot, so a follower that is
@@ -110,7 +112,7 @@ class RaftConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     seed: int | None = None
     data_dir: str | None = None
-    segment_bytes: int = 64 * 1024 * 1024
+    segment_bytes: int = 4 * 1024 * 1024
     snapshot_threshold: int = 8192
     trailing_entries: int = 1024
     snapshot_chunk_bytes: int = 1024 * 1024
