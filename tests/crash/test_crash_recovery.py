@@ -536,11 +536,11 @@ async def converge(cluster: ProcessCluster, client: Client, tag: str) -> dict[st
         while not await client.submit(f"{tag}-{number}".encode(), -1):
             number += 1
     cluster.log(f"{tag}-{number} acknowledged")
-    leader = client.leader_hint
-    assert leader is not None
-    leader_state = await cluster.state(leader, commands=False)
-    assert leader_state is not None
-    target = leader_state["commit_index"]
+    # The leader's commit index covers the acknowledged command, and no node's exceeds the
+    # leader's; the node that answered may be a follower (it forwards), whose commit index
+    # can lag by the leader's _COMMIT_LINGER.
+    states = [await cluster.state(node_id, commands=False) for node_id in cluster.handles]
+    target = max(state["commit_index"] for state in states if state is not None)
     histories: dict[str, list[bytes]] = {}
     snapshots: dict[str, int] = {}
     for node_id in sorted(cluster.handles):
