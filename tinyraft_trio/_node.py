@@ -948,7 +948,8 @@ class RaftNode:
                     elif message is not None:
                         self._transport.send_nowait(peer, message)
                     elif core.commit_behind(peer):
-                        with trio.move_on_after(_COMMIT_LINGER) as linger:
+                        deadline = trio.current_time() + _COMMIT_LINGER
+                        with trio.CancelScope(deadline=deadline) as linger:
                             await replicator.wake.wait()
                         replicator.commit_due = linger.cancelled_caught
                     else:

@@ -419,7 +419,8 @@ class RpcClient:
             TypeError: ``body`` is not bytes.
         """
         seconds = check_request(method, body, timeout)
-        parse_address(address, field_name="address")
+        if address not in self._pool:  # a pooled connection's address was checked already
+            parse_address(address, field_name="address")
         request_id = self._next_request_id
         self._next_request_id = (request_id + 1) & (2**63 - 1)
         frame = encode_frame(Request(request_id=request_id, method=method, body=body))
@@ -431,8 +432,10 @@ class RpcClient:
         call = _Call()
         connection = self._connection_to(address, deadline, nursery)
         try:
-            with trio.move_on_at(deadline):
-                await connection.ready.wait()
+            # A bare CancelScope: move_on_at's context-manager wrapper costs as much again.
+            with trio.CancelScope(deadline=deadline):
+                if not connection.ready.is_set():
+                    await connection.ready.wait()
                 if connection.failure is not None:
                     raise TransportError(address, connection.failure)
                 connection.calls[request_id] = call
