@@ -5,13 +5,22 @@ document from stdout. The same Trio client code drives both systems, so client-s
 alike; only the wire protocol differs (ours: tinyraft_trio's RPC; PySyncObj: the control
 server in ``pysyncobj_node.py``).
 
-Outcomes of a write: ``ok`` (acknowledged), ``failed`` (answered with an error, certainly or
-possibly not applied), ``unacked`` (never answered: timeout, lost connection, or an
-``unknown`` outcome), ``redirected`` (``not_leader``: certainly not applied, retried).
+Workloads: writes with a number of tasks in flight (``points``); reads of one key on the
+leader (``reads``: ours are linearizable, ReadIndex through the node's ``query`` request;
+PySyncObj's are a local read of the leader's dict, not linearizable, as it has nothing
+better); leader loss (``failover``); and memory (``memory``: many writes over a bounded key
+set, sampling every node's RSS from ``/proc/PID/status`` and, for durable nodes, the size of
+its data dir, so that growth over a long run shows).
+
+Outcomes of a request: ``ok`` (acknowledged; a read with the expected value), ``failed``
+(answered with an error, certainly or possibly not applied; a read with a wrong value),
+``unacked`` (never answered: timeout, lost connection, or an ``unknown`` outcome),
+``redirected`` (``not_leader``: certainly not applied, retried).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +28,7 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -41,18 +51,30 @@ def percentile(values: list[float], q: float) -> float | None:
 
 class OursBackend:
     def __init__(self, client: Any) -> None:
+        from tinyraft_trio._rpc import TransportError
+
         self.client = client
+        self.transport_error = TransportError  # imported once, not per request
 
     @staticmethod
     def command(key: str, value: str) -> bytes:
         return msgpack.packb(["put", key, value])
 
     async def write(self, address: str, command: bytes, seconds: float) -> tuple[str, Any]:
-        from tinyraft_trio._rpc import TransportError
+        return await self._call(address, "apply", command, seconds)
 
+    async def read(self, address: str, key: str, seconds: float) -> tuple[str, Any]:
+        """A linearizable read (``stale`` False: the node's ReadIndex) of the key-value
+        store's ``["get", key]`` query; ``("ok", value)`` on success."""
+        body = msgpack.packb([msgpack.packb(["get", key]), False])
+        return await self._call(address, "query", body, seconds)
+
+    async def _call(
+        self, address: str, method: str, body: bytes, seconds: float
+    ) -> tuple[str, Any]:
         try:
-            response = await self.client.request(address, "apply", command, timeout=seconds)
-        except TransportError as exc:
+            response = await self.client.request(address, method, body, timeout=seconds)
+        except self.transport_error as exc:
             return "unacked", exc.reason
         # The node's answers are msgpack arrays (``ok`` is False for all but "ok" and "error");
         # an RPC-level problem is plain text.
@@ -64,7 +86,7 @@ class OursBackend:
             return "failed", response.body.decode(errors="replace")
         kind = answer[0]
         if kind == "ok":
-            return "ok", None
+            return "ok", answer[1] if len(answer) > 1 else None
         if kind == "not_leader":
             return "redirected", answer[2]
         if kind == "unknown":
@@ -87,9 +109,29 @@ class _PsoConnection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.pending: dict[int, list[Any]] = {}
-        self.send_lock = trio.StrictFIFOLock()
         self.closed = False
         self.outbox: list[bytes] = []
+        self.wakeup = trio.Event()
+
+    def send(self, frame: bytes) -> None:
+        self.outbox.append(frame)
+        self.wakeup.set()
+
+    async def writer(self) -> None:
+        """The connection's only writer: everything queued goes out in one send_all."""
+        try:
+            while True:
+                while not self.outbox:
+                    self.wakeup = trio.Event()
+                    await self.wakeup.wait()
+                data = b"".join(self.outbox)
+                self.outbox.clear()
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.closed = True
+            for slot in self.pending.values():
+                slot[0].set()
+            self.pending.clear()
 
     async def reader(self) -> None:
         buffer = bytearray()
@@ -150,6 +192,7 @@ class PsoBackend:
                 connection = _PsoConnection(stream)
                 self.connections[address] = connection
                 self.nursery.start_soon(connection.reader)
+                self.nursery.start_soon(connection.writer)
                 return connection
             finally:
                 del self.connecting[address]
@@ -166,14 +209,14 @@ class PsoBackend:
         payload = msgpack.packb(message)
         slot: list[Any] = [trio.Event(), None]
         connection.pending[request_id] = slot
-        try:
-            with trio.fail_after(seconds):
-                async with connection.send_lock:
-                    await connection.stream.send_all(_LENGTH.pack(len(payload)) + payload)
-                await slot[0].wait()
-        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        # Queued for the connection's writer, which joins a burst into one send_all, as
+        # tinyraft_trio's RpcClient does; a bare CancelScope, as there too.
+        connection.send(_LENGTH.pack(len(payload)) + payload)
+        with trio.CancelScope(deadline=trio.current_time() + seconds):
+            await slot[0].wait()
+        if not slot[0].is_set():
             connection.pending.pop(request_id, None)
-            return "unacked", "timeout or connection lost"
+            return "unacked", "timeout"
         answer = slot[1]
         if answer is None:
             return "unacked", "connection lost"
@@ -183,6 +226,10 @@ class PsoBackend:
         self, address: str, command: tuple[str, str], seconds: float
     ) -> tuple[str, Any]:
         return await self._call(address, [0, "set", command[0], command[1]], seconds)
+
+    async def read(self, address: str, key: str, seconds: float) -> tuple[str, Any]:
+        """The node's dict read locally (not linearizable); ``("ok", value)``."""
+        return await self._call(address, [0, "get", key], seconds)
 
     async def is_leader(self, address: str) -> bool:
         kind, status = await self._call(address, [0, "status"], 0.3)
@@ -209,11 +256,18 @@ async def find_leader(backend: Any, addresses: list[str], deadline: float) -> st
     return None
 
 
-async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
-    """``inflight`` tasks write back to back; measure the middle window."""
-    inflight, size = point["inflight"], point["size"]
-    warmup, duration, timeout = point["warmup"], point["duration"], point["timeout"]
-    value = "v" * size
+Operation = Callable[[int], Awaitable[tuple[str, Any]]]
+
+
+async def drive(
+    inflight: int, warmup: float, duration: float, operation: Operation
+) -> dict[str, Any]:
+    """``inflight`` tasks call ``operation(task_index)`` back to back; measure a middle window.
+
+    Shared by writes and reads so that both systems and both kinds of request are measured
+    the same way: throughput counts ``ok`` answers inside the window (after ``warmup``);
+    latency is that of those requests.
+    """
     counts = {"ok": 0, "failed": 0, "unacked": 0, "redirected": 0}
     latencies: list[float] = []
     start = now()
@@ -221,15 +275,11 @@ async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, An
     window_ok = 0
     errors: list[str] = []
 
-    async def writer(index: int) -> None:
+    async def worker(index: int) -> None:
         nonlocal window_ok
-        sequence = 0
         while now() < window_end:
-            key = f"k{index}"
-            command = backend.command(key, value)
-            sequence += 1
             sent = now()
-            kind, detail = await backend.write(leader, command, timeout)
+            kind, detail = await operation(index)
             done = now()
             counts[kind] += 1
             if kind == "ok":
@@ -243,10 +293,9 @@ async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, An
 
     async with trio.open_nursery() as nursery:
         for index in range(inflight):
-            nursery.start_soon(writer, index)
+            nursery.start_soon(worker, index)
     return {
         "inflight": inflight,
-        "size": size,
         "throughput": window_ok / duration,
         "p50_ms": _ms(percentile(latencies, 0.50)),
         "p99_ms": _ms(percentile(latencies, 0.99)),
@@ -255,6 +304,40 @@ async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, An
         "counts": counts,
         "errors": errors,
     }
+
+
+async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
+    """Writes: task ``i`` puts key ``k<i>`` over and over (``point``: inflight, size, ...)."""
+    value = "v" * point["size"]
+    timeout = point["timeout"]
+
+    async def write(index: int) -> tuple[str, Any]:
+        return await backend.write(leader, backend.command(f"k{index}", value), timeout)
+
+    result = await drive(point["inflight"], point["warmup"], point["duration"], write)
+    return {**result, "size": point["size"]}
+
+
+async def reads(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
+    """Reads of one key on the leader, after writing it; a wrong value counts as failed.
+
+    Ours: linearizable (ReadIndex: a heartbeat round confirms the leadership, then the
+    leader waits to have applied its commit index). PySyncObj: a local read of the leader's
+    dict, with no such check (it has no linearizable read).
+    """
+    key, value, timeout = "read-key", "r" * point["size"], point["timeout"]
+    kind, detail = await backend.write(leader, backend.command(key, value), timeout)
+    if kind != "ok":
+        return {"inflight": point["inflight"], "error": f"could not write the key: {detail}"}
+
+    async def read(index: int) -> tuple[str, Any]:
+        kind, found = await backend.read(leader, key, timeout)
+        if kind == "ok" and found != value:
+            return "failed", f"read {found!r:.40}, expected {value!r:.40}"
+        return kind, found
+
+    result = await drive(point["inflight"], point["warmup"], point["duration"], read)
+    return {**result, "size": point["size"]}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -325,6 +408,117 @@ async def failover(
     }
 
 
+def node_memory(pid: int) -> dict[str, int | None]:
+    """A process's resident set now and at its peak (``VmRSS``/``VmHWM``, KiB), or None."""
+    found: dict[str, int | None] = {"rss_kb": None, "hwm_kb": None}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    found["rss_kb"] = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    found["hwm_kb"] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def dir_bytes(path: str) -> int:
+    """The size of the files under ``path`` (a node's data dir: log, snapshots, state)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            # A file may be removed meanwhile (a compacted segment, a replaced snapshot).
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+async def memory(
+    backend: Any,
+    leader: str,
+    addresses: list[str],
+    plan: dict[str, Any],
+    pids: list[int],
+    data_dirs: list[str],
+) -> dict[str, Any]:
+    """Many writes over a bounded key set, sampling every node's memory as they are acked.
+
+    ``warmup`` puts first (they fill the key set and let snapshots start), then ``commands``
+    puts; ``inflight`` tasks put key ``m<n % keys>`` for the n-th put. A sample (every node's
+    RSS and peak RSS, and data dir size if durable) is taken when the warm-up is acked, then
+    every ``sample_every`` acknowledged puts, and at the end. With snapshots compacting the
+    log, the state stays ``keys`` entries, so memory should stop growing.
+    """
+    warmup, keys, timeout = plan["warmup"], plan["keys"], plan["timeout"]
+    total = warmup + plan["commands"]
+    value = "m" * plan["size"]
+    counts = {"ok": 0, "failed": 0, "unacked": 0, "redirected": 0}
+    errors: list[str] = []
+    samples: list[dict[str, Any]] = []
+    state: dict[str, Any] = {
+        "issued": 0,
+        "acked": 0,
+        "next_sample": warmup,
+        "started": now(),
+        "leader": leader,
+    }
+
+    def sample() -> None:
+        if state["acked"] == warmup:
+            state["started"] = now()
+        nodes = [node_memory(pid) for pid in pids]
+        samples.append(
+            {
+                "acked": state["acked"] - warmup,
+                "seconds": now() - state["started"],
+                "rss_kb": [n["rss_kb"] for n in nodes],
+                "hwm_kb": [n["hwm_kb"] for n in nodes],
+                "disk_bytes": [dir_bytes(d) for d in data_dirs] or None,
+            }
+        )
+
+    async def writer() -> None:
+        while state["issued"] < total:
+            n = state["issued"]
+            state["issued"] += 1
+            command = backend.command(f"m{n % keys}", value)
+            kind, detail = await backend.write(state["leader"], command, timeout)
+            counts[kind] += 1
+            if kind == "ok":
+                state["acked"] += 1
+                if state["acked"] >= state["next_sample"]:
+                    sample()
+                    state["next_sample"] += plan["sample_every"]
+                continue
+            if len(errors) < 5:
+                errors.append(f"{kind}: {detail}")
+            if kind == "redirected" and detail in addresses:
+                state["leader"] = detail
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(plan["inflight"]):
+            nursery.start_soon(writer)
+    if not samples or samples[-1]["acked"] != state["acked"] - warmup:
+        sample()
+    acked = samples[-1]["acked"]
+    return {
+        "commands": plan["commands"],
+        "warmup": warmup,
+        "keys": keys,
+        "size": plan["size"],
+        "inflight": plan["inflight"],
+        "acked": acked,
+        "throughput": acked / samples[-1]["seconds"] if samples[-1]["seconds"] > 0 else None,
+        "leader": addresses.index(leader),
+        "leader_at_end": addresses.index(state["leader"]),
+        "counts": counts,
+        "errors": errors,
+        "samples": samples,
+    }
+
+
 async def main(plan: dict[str, Any]) -> dict[str, Any]:
     addresses: list[str] = plan["addresses"]
     pids = {address: pid for address, pid in zip(addresses, plan["pids"], strict=True)}
@@ -344,7 +538,7 @@ async def main(plan: dict[str, Any]) -> dict[str, Any]:
 async def _run(
     backend: Any, addresses: list[str], pids: dict[str, int], plan: dict[str, Any]
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {"points": [], "failover": None}
+    results: dict[str, Any] = {"points": [], "reads": [], "memory": None, "failover": None}
     started = now()
     leader = await find_leader(backend, addresses, now() + 20)
     results["leader_wait_s"] = now() - started
@@ -356,6 +550,15 @@ async def _run(
         leader = await find_leader(backend, addresses, now() + 10) or leader
         results["points"].append(await load(backend, leader, point))
         print(json.dumps(results["points"][-1]), file=sys.stderr, flush=True)
+    for point in plan.get("reads", []):
+        leader = await find_leader(backend, addresses, now() + 10) or leader
+        results["reads"].append(await reads(backend, leader, point))
+        print(json.dumps(results["reads"][-1]), file=sys.stderr, flush=True)
+    if plan.get("memory"):
+        leader = await find_leader(backend, addresses, now() + 10) or leader
+        results["memory"] = await memory(
+            backend, leader, addresses, plan["memory"], plan["pids"], plan.get("data_dirs", [])
+        )
     if plan.get("failover"):
         results["failover"] = await failover(backend, addresses, pids, plan["failover"])
     return results

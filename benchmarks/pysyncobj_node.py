@@ -4,12 +4,16 @@ Run by ``benchmarks/run.py``; not part of the library. PySyncObj is thread-based
 control server uses threads too. Frames both ways are a 4-byte big-endian length followed
 by one msgpack array:
 
-- client -> node: ``[request_id, "set", key, value]`` or ``[request_id, "status"]``
+- client -> node: ``[request_id, "set", key, value]``, ``[request_id, "get", key]`` or
+  ``[request_id, "status"]``
 - node -> client: ``[request_id, "ok", result]``, ``[request_id, "failed", reason]`` or
   ``[request_id, "status", {"leader": bool, "leader_address": str | None}]``
 
 A write is answered only when PySyncObj fires its callback; a callback that never fires
-leaves the request unanswered (the client counts it as "unacked").
+leaves the request unanswered (the client counts it as "unacked"). A ``get`` answers at once
+from this node's copy of the dict (``result``: the value, or None): PySyncObj has no
+linearizable read, so this local read, sent to the leader, is the closest comparison; it
+may be stale (a deposed leader answers too).
 """
 
 from __future__ import annotations
@@ -39,22 +43,40 @@ class Store(SyncObj):
     def set(self, key: str, value: bytes) -> None:
         self._data[key] = value
 
+    def get(self, key: str) -> bytes | None:
+        """This node's value for ``key``, read locally (no leadership check)."""
+        return self._data.get(key)
+
 
 def _serve_connection(store: Store, sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    send_lock = threading.Lock()
+    # Answers are queued and written by one thread per connection, several per sendall, as
+    # tinyraft_trio's transport does: a write per answer from PySyncObj's callback would
+    # cost PySyncObj's own thread a system call and the GIL for every command.
+    pending: list[bytes] = []
+    ready = threading.Condition()
     packer_lock = threading.Lock()
 
     def send(message: list[object]) -> None:
         with packer_lock:
             payload = msgpack.packb(message)
-        frame = _LENGTH.pack(len(payload)) + payload
-        try:
-            with send_lock:
-                sock.sendall(frame)
-        except OSError:
-            pass
+        with ready:
+            pending.append(_LENGTH.pack(len(payload)) + payload)
+            ready.notify()
 
+    def write() -> None:
+        while True:
+            with ready:
+                while not pending:
+                    ready.wait()
+                data = b"".join(pending)
+                pending.clear()
+            try:
+                sock.sendall(data)
+            except OSError:
+                return
+
+    threading.Thread(target=write, daemon=True).start()
     buffer = bytearray()
     while True:
         try:
@@ -80,6 +102,8 @@ def _serve_connection(store: Store, sock: socket.socket) -> None:
                         send([request_id, "failed", _FAIL_NAMES.get(error, str(error))])
 
                 store.set(message[2], message[3], callback=callback)
+            elif method == "get":
+                send([request_id, "ok", store.get(message[2])])
             elif method == "status":
                 leader = store._getLeader()
                 send(

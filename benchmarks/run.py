@@ -8,9 +8,19 @@ One invocation runs both systems, alternating them: a 3-node cluster as separate
 - ``pso-default``: PySyncObj with its defaults (no journal: nothing on disk);
 - ``pso-nobatch``: PySyncObj with ``appendEntriesUseBatch=False``.
 
-Workloads: writes with 1 (sequential), 64, 1000 and 8000 in flight, 16 B and 1 KiB values;
-leader SIGKILL failover and graceful leader shutdown (SIGTERM) with a client writing
-continuously. Linearizable reads are not available in tinyraft_trio yet, so not measured.
+Workloads:
+
+- writes with 1 (sequential), 64, 1000 and 8000 in flight, 16 B and 1 KiB values;
+- reads of one key on the leader with 1, 64 and 1000 in flight, after the writes: ours are
+  linearizable (ReadIndex); PySyncObj has no linearizable read, so its reads are local reads
+  of the leader's dict, not linearizable (labelled so in the table);
+- leader SIGKILL failover and graceful leader shutdown (SIGTERM) with a client writing
+  continuously;
+- memory: 1,000,000 writes (``--memory-commands``) with 1000 in flight over 10,000 keys, each
+  node's RSS sampled as they are acknowledged (start after a warm-up, middle, end, max,
+  growth per half) and the data dir size for ours-durable. Not under ``--quick``; it is the
+  longest part of the full run. Runs on each config but pso-nobatch (PySyncObj's memory is
+  measured once, with its defaults).
 
 Results go to ``<out>/bench-<time>.json`` and ``.md``, and the Markdown to
 ``benchmarks/LATEST.md``. Never asserted in tests.
@@ -40,6 +50,10 @@ ROOT = HERE.parent
 CONFIGS = ["ours-durable", "pso-default", "ours-memory", "pso-nobatch"]
 SIZES = [16, 1024]
 INFLIGHT = [1, 64, 1000, 8000]
+READ_INFLIGHT = [1, 64, 1000]
+MEMORY_COMMANDS = 1_000_000
+MEMORY_SKIPPED = {"pso-nobatch"}
+"""Configs without a memory run: batching does not change what PySyncObj keeps in memory."""
 
 
 # ------------------------------------------------------------------------------ machine
@@ -138,6 +152,7 @@ class Cluster:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.addresses: list[str] = []
         self.logs: list[Path] = []
+        self.data_dirs: list[Path] = []
 
     def start(self) -> None:
         env = child_env()
@@ -154,6 +169,7 @@ class Cluster:
                     data_dir = self.workdir / f"n{i + 1}"
                     data_dir.mkdir(parents=True, exist_ok=True)
                     command += ["--data-dir", str(data_dir)]
+                    self.data_dirs.append(data_dir)
                 self._spawn(command, env, f"n{i + 1}")
             self.addresses = addresses
         else:
@@ -192,7 +208,8 @@ class Cluster:
     def run_client(self, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
         system = "ours" if self.config.startswith("ours") else "pso"
         plan = dict(plan, system=system, addresses=self.addresses,
-                    pids=[p.pid for p in self.processes])  # fmt: skip
+                    pids=[p.pid for p in self.processes],
+                    data_dirs=[str(d) for d in self.data_dirs])  # fmt: skip
         try:
             completed = subprocess.run(
                 [sys.executable, str(HERE / "bench_client.py"), json.dumps(plan)],
@@ -232,6 +249,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="load rounds per config (median reported)")
     parser.add_argument("--render", metavar="JSON", help="only re-render a results file")
     parser.add_argument(
+        "--memory-commands",
+        type=int,
+        metavar="N",
+        help="run only the memory workload, with N commands (the full run: "
+        f"{MEMORY_COMMANDS:,} after the other workloads; never under --quick)",
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="the full run without the memory workload"
+    )
+    parser.add_argument(
         "--source",
         metavar="DIR",
         help="folder holding the tinyraft_trio package to run (default: this repository's), "
@@ -254,24 +281,35 @@ def main() -> int:
     else:
         warmup, duration, rounds, failover_rounds = 1.0, 3.0, 1, 3
     rounds = args.rounds or rounds
-    points = [
-        {"inflight": k, "size": s, "warmup": warmup, "duration": duration, "timeout": 10.0}
-        for s in SIZES
-        for k in INFLIGHT
-    ]
+    memory_commands = 0 if args.quick or args.no_memory else MEMORY_COMMANDS
+    if args.memory_commands is not None:  # the memory workload alone
+        rounds, failover_rounds, memory_commands = 0, 0, args.memory_commands
+    load_plan = {
+        "points": [
+            {"inflight": k, "size": s, "warmup": warmup, "duration": duration, "timeout": 10.0}
+            for s in SIZES
+            for k in INFLIGHT
+        ],
+        "reads": [
+            {"inflight": k, "size": 16, "warmup": warmup, "duration": duration, "timeout": 10.0}
+            for k in READ_INFLIGHT
+        ],
+        "settle": 0.3,
+        "failover": _failover_plan("SIGTERM"),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workroot = Path(tempfile.mkdtemp(prefix="tinyraft-bench-"))
     started_wall = time.time()
     busy0, own0, load0 = _busy_seconds(), _own_seconds(), os.getloadavg()
-    runs: dict[str, Any] = {c: {"load": [], "failover": [], "graceful": []} for c in configs}
+    runs: dict[str, Any] = {
+        c: {"load": [], "failover": [], "graceful": [], "memory": []} for c in configs
+    }
     try:
         for _ in range(rounds):
             for config in configs:
                 print(f"[{time.time() - started_wall:6.1f}s] {config}: load", flush=True)
-                result = run_config(config, {"points": points, "settle": 0.3,
-                                             "failover": _failover_plan("SIGTERM")},
-                                    workroot, timeout=300)  # fmt: skip
+                result = run_config(config, load_plan, workroot, timeout=300)
                 runs[config]["load"].append(result)
                 runs[config]["graceful"].append(result.get("failover"))
         for _ in range(failover_rounds):
@@ -290,6 +328,13 @@ def main() -> int:
                                              "failover": _failover_plan("SIGTERM")},
                                     workroot, timeout=60)  # fmt: skip
                 runs[config]["graceful"].append(result.get("failover") or result)
+        for config in configs if memory_commands > 0 else []:
+            if config in MEMORY_SKIPPED:
+                continue
+            print(f"[{time.time() - started_wall:6.1f}s] {config}: memory", flush=True)
+            result = run_config(config, _memory_plan(memory_commands), workroot,
+                                timeout=120 + memory_commands / 1000)  # fmt: skip
+            runs[config]["memory"].append(result.get("memory") or result)
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     wall = time.time() - started_wall
@@ -300,6 +345,7 @@ def main() -> int:
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
+        "memory_commands": memory_commands,
         "machine": {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
@@ -330,20 +376,46 @@ def _failover_plan(sig: str) -> dict[str, Any]:
     return {"signal": sig, "writers": 8, "before": 0.5, "limit": 10.0, "after": 0.3}
 
 
+def _memory_plan(commands: int) -> dict[str, Any]:
+    """``commands`` puts with 1000 in flight over 10,000 keys (16 B values), after a warm-up
+    (20,000 puts, or a tenth of ``commands`` if fewer); about 20 samples of memory."""
+    memory = {
+        "commands": commands,
+        "warmup": min(20_000, max(1, commands // 10)),
+        "inflight": 1000,
+        "keys": 10_000,
+        "size": 16,
+        "sample_every": max(1000, commands // 20),
+        "timeout": 10.0,
+    }
+    return {"points": [], "settle": 0.3, "memory": memory}
+
+
 # ------------------------------------------------------------------------------ report
 
 
-def _point(report: dict[str, Any], config: str, inflight: int, size: int) -> dict[str, Any] | None:
+def _point(
+    report: dict[str, Any], config: str, inflight: int, size: int, kind: str = "points"
+) -> dict[str, Any] | None:
+    """The median (by throughput) of a config's runs at one point; ``kind``: "points"
+    (writes) or "reads"."""
     found = []
     for run in report["runs"].get(config, {}).get("load", []):
-        for point in run.get("points", []):
-            if point["inflight"] == inflight and point["size"] == size:
+        for point in run.get(kind, []):
+            if point["inflight"] == inflight and point["size"] == size and "error" not in point:
                 found.append(point)
     if not found:
         return None
-    # Median run by throughput.
     found.sort(key=lambda p: p["throughput"])
     return found[len(found) // 2]
+
+
+def _points(
+    report: dict[str, Any], inflight: int, size: int, kind: str = "points"
+) -> dict[str, dict[str, Any]]:
+    """Every config's median point (configs without one are left out)."""
+    found = {c: _point(report, c, inflight, size, kind) for c in CONFIGS}
+    return {c: point for c, point in found.items() if point is not None}
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -364,6 +436,23 @@ def _counts(items: list[dict[str, Any]]) -> str:
     return f"{total['ok']}/{total['failed']}/{total['unacked']}"
 
 
+def _latency(point: dict[str, Any] | None) -> str:
+    if point is None:
+        return "n/a"
+    return f"{_fmt(point['p50_ms'], 2)} / {_fmt(point['p99_ms'], 2)}"
+
+
+def _pso_best(points: dict[str, dict[str, Any]], inflight: int) -> str | None:
+    """The better PySyncObj config at a point: the higher throughput, or when sequential
+    the lower latency."""
+    pso = [c for c in ("pso-default", "pso-nobatch") if c in points]
+    if not pso:
+        return None
+    if inflight == 1:
+        return min(pso, key=lambda c: points[c]["p50_ms"] or 1e9)
+    return max(pso, key=lambda c: points[c]["throughput"] or 0)
+
+
 def _median_unavailable(items: list[Any]) -> tuple[float | None, str]:
     values = [i.get("unavailable_ms") for i in items if isinstance(i, dict)]
     measured = [v for v in values if v is not None]
@@ -372,9 +461,16 @@ def _median_unavailable(items: list[Any]) -> tuple[float | None, str]:
 
 
 def render(report: dict[str, Any]) -> str:
-    runs = report["runs"]
-    has = lambda c: c in runs  # noqa: E731
-    lines = [
+    """The Markdown report: a header, then a section per workload that was run."""
+    lines = _render_header(report)
+    for section in (_render_writes, _render_reads, _render_leader_loss, _render_memory):
+        lines += section(report)
+    lines += _render_errors(report)
+    return "\n".join(lines) + "\n"
+
+
+def _render_header(report: dict[str, Any]) -> list[str]:
+    return [
         f"# tinyraft_trio vs PySyncObj — {report['date']}{' (--quick)' if report['quick'] else ''}",
         "",
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
@@ -402,10 +498,16 @@ def render(report: dict[str, Any]) -> str:
         "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
         "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
         "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",
-        "Throughput counts writes acknowledged within the measured window (after a warm-up); "
-        "latency is that of those writes. Counts are acknowledged/failed/unacked writes over "
-        "the whole run (including warm-up and drain). Linearizable reads: not available yet "
-        "in tinyraft_trio, not measured.",
+        "Throughput counts requests acknowledged within the measured window (after a "
+        "warm-up); latency is that of those requests. Counts are acknowledged/failed/unacked "
+        "requests over the whole run (including warm-up and drain).",
+    ]
+
+
+def _render_writes(report: dict[str, Any]) -> list[str]:
+    if not any(_point(report, c, k, s) for c in CONFIGS for k in INFLIGHT for s in SIZES):
+        return []
+    lines = [
         "",
         "## Writes",
         "",
@@ -416,26 +518,67 @@ def render(report: dict[str, Any]) -> str:
     ]
     for size in SIZES:
         for inflight in INFLIGHT:
-            p = {c: _point(report, c, inflight, size) for c in CONFIGS}
-            tp = {c: (p[c]["throughput"] if p[c] else None) for c in CONFIGS}
-            pso = [c for c in ("pso-default", "pso-nobatch") if p[c]]
-            best = max(pso, key=lambda c: tp[c] or 0) if pso else None
-            if inflight == 1 and pso:
-                # Sequential: "best" is the lower latency.
-                best = min(pso, key=lambda c: p[c]["p50_ms"] or 1e9)
-            d = p["ours-durable"]
+            p = _points(report, inflight, size)
+            tp = {c: p[c]["throughput"] if c in p else None for c in CONFIGS}
+            best = _pso_best(p, inflight)
             lines.append(
                 f"| {size} B | {inflight}{' (sequential)' if inflight == 1 else ''} "
                 f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
                 f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
                 f"| {_ratio(tp['ours-durable'], tp[best] if best else None)} "
-                f"| {_fmt(d['p50_ms'] if d else None, 2)} / {_fmt(d['p99_ms'] if d else None, 2)} "
-                f"| {_fmt(p[best]['p50_ms'] if best else None, 2)} / "
-                f"{_fmt(p[best]['p99_ms'] if best else None, 2)} ({best or 'n/a'}) "
-                f"| {_counts([d] if d else [])} "
-                f"| {_counts([p[c] for c in pso])} |"
+                f"| {_latency(p.get('ours-durable'))} "
+                f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
+                f"| {_counts([p[c] for c in ('ours-durable',) if c in p])} "
+                f"| {_counts([p[c] for c in ('pso-default', 'pso-nobatch') if c in p])} |"
             )
-    lines += [
+    return lines
+
+
+def _render_reads(report: dict[str, Any]) -> list[str]:
+    if not any(_point(report, c, k, 16, "reads") for c in CONFIGS for k in READ_INFLIGHT):
+        return []
+    lines = [
+        "",
+        "## Reads (one 16 B key on the leader, after the writes)",
+        "",
+        "ours: linearizable reads (ReadIndex: a heartbeat round confirms the leadership "
+        "before the leader answers from its state). **PySyncObj: local read on the leader, "
+        "not linearizable** (it has no linearizable read; a deposed leader would answer "
+        "too), so the ratio is the price of linearizability plus the difference in "
+        "implementation, not like for like.",
+        "",
+        "| in flight | ours-durable ops/s | ours-memory ops/s | pso-default ops/s (local) | "
+        "pso-nobatch ops/s (local) | durable / pso-best | ours-durable p50 / p99 ms | "
+        "ours-memory p50 / p99 ms | pso-best p50 / p99 ms (local) | counts ours (both) | "
+        "counts pso (both) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for inflight in READ_INFLIGHT:
+        p = _points(report, inflight, 16, "reads")
+        tp = {c: p[c]["throughput"] if c in p else None for c in CONFIGS}
+        best = _pso_best(p, inflight)
+        ours = [p[c] for c in ("ours-durable", "ours-memory") if c in p]
+        pso = [p[c] for c in ("pso-default", "pso-nobatch") if c in p]
+        lines.append(
+            f"| {inflight}{' (sequential)' if inflight == 1 else ''} "
+            f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
+            f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
+            f"| {_ratio(tp['ours-durable'], tp[best] if best else None)} "
+            f"| {_latency(p.get('ours-durable'))} | {_latency(p.get('ours-memory'))} "
+            f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
+            f"| {_counts(ours)} | {_counts(pso)} |"
+        )
+    return lines
+
+
+def _render_leader_loss(report: dict[str, Any]) -> list[str]:
+    runs = report["runs"]
+    measured = [
+        c for c in CONFIGS if runs.get(c, {}).get("failover") or runs.get(c, {}).get("graceful")
+    ]
+    if not measured:
+        return []
+    lines = [
         "",
         "## Leader loss (8 writers writing continuously; time from the signal to the first "
         "acknowledged write sent after it)",
@@ -444,9 +587,7 @@ def render(report: dict[str, Any]) -> str:
         "(median; runs) | counts |",
         "|---|---|---|---|---|",
     ]
-    for config in CONFIGS:
-        if not has(config):
-            continue
+    for config in measured:
         kill = [x for x in runs[config]["failover"] if x]
         term = [x for x in runs[config]["graceful"] if x]
         km, kt = _median_unavailable(kill)
@@ -455,15 +596,106 @@ def render(report: dict[str, Any]) -> str:
             f"| {config} | {_fmt(km, 0)} ({kt}) | {_counts(kill)} | {_fmt(tm, 0)} ({tt}) "
             f"| {_counts(term)} |"
         )
+    return lines
+
+
+def _memory_result(report: dict[str, Any], config: str) -> dict[str, Any] | None:
+    """A config's (last) memory run, if it has samples."""
+    found = [m for m in report["runs"].get(config, {}).get("memory", []) if m and m.get("samples")]
+    return found[-1] if found else None
+
+
+def _memory_nodes(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per node, in MiB: RSS at the start (after the warm-up), the middle and the end, the
+    largest sample, the peak (VmHWM at the end), growth per half, data dir size at the end."""
+    samples = result["samples"]
+    first, last = samples[0], samples[-1]
+    middle = min(samples, key=lambda s: abs(s["acked"] - last["acked"] / 2))
+    mib = lambda kb: None if kb is None else kb / 1024  # noqa: E731
+    nodes = []
+    for i in range(len(first["rss_kb"])):
+        start, mid, end = (mib(s["rss_kb"][i]) for s in (first, middle, last))
+        sampled = [s["rss_kb"][i] for s in samples if s["rss_kb"][i] is not None]
+        disk = (last.get("disk_bytes") or [None] * (i + 1))[i]
+        nodes.append(
+            {
+                "role": "leader" if i == result.get("leader") else "follower",
+                "start": start,
+                "middle": mid,
+                "end": end,
+                "max": mib(max(sampled)) if sampled else None,
+                "peak": mib(last["hwm_kb"][i]),
+                "growth_first": None if start is None or mid is None else mid - start,
+                "growth_second": None if mid is None or end is None else end - mid,
+                "disk": None if disk is None else disk / (1 << 20),
+            }
+        )
+    return nodes
+
+
+def _render_memory(report: dict[str, Any]) -> list[str]:
+    found = {c: _memory_result(report, c) for c in CONFIGS}
+    results = {c: r for c, r in found.items() if r is not None}
+    if not results:
+        return []
+    any_result = next(iter(results.values()))
+    leaders = {c: _memory_nodes(r)[r.get("leader", 0)] for c, r in results.items()}
+    pso_end = leaders["pso-default"]["end"] if "pso-default" in leaders else None
+    lines = [
+        "",
+        f"## Memory ({any_result['commands']:,} writes, {any_result['inflight']} in flight, "
+        f"over {any_result['keys']:,} keys of {any_result['size']} B values)",
+        "",
+        f"After a warm-up of {any_result['warmup']:,} writes (the start), each node's RSS "
+        "(VmRSS) is sampled every "
+        f"{any_result['samples'][1]['acked'] if len(any_result['samples']) > 1 else 0:,} "
+        "acknowledged writes; middle = the sample nearest half of them. Peak = VmHWM at the "
+        "end (the kernel updates it lazily: it can be a little below the largest sample). "
+        "Snapshots are on (tinyraft_trio: every 8,192 entries; PySyncObj: its log "
+        "compaction defaults). MiB throughout.",
+        "",
+        "| config | writes acked | ops/s | counts | leader RSS start / middle / end | "
+        "leader growth 1st / 2nd half | leader end RSS / pso-default |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for config, result in results.items():
+        leader = leaders[config]
+        lines.append(
+            f"| {config} | {result['acked']:,} | {_fmt(result.get('throughput'), 0)} "
+            f"| {_counts([result])} "
+            f"| {_fmt(leader['start'])} / {_fmt(leader['middle'])} / {_fmt(leader['end'])} "
+            f"| {_fmt(leader['growth_first'])} / {_fmt(leader['growth_second'])} "
+            f"| {_ratio(leader['end'], pso_end) if config != 'pso-default' else '-'} |"
+        )
+    lines += [
+        "",
+        "| config | node | RSS start / middle / end | max sampled / peak | "
+        "growth 1st / 2nd half | data dir at end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for config, result in results.items():
+        for i, node in enumerate(_memory_nodes(result)):
+            lines.append(
+                f"| {config} | {i + 1} ({node['role']}) "
+                f"| {_fmt(node['start'])} / {_fmt(node['middle'])} / {_fmt(node['end'])} "
+                f"| {_fmt(node['max'])} / {_fmt(node['peak'])} "
+                f"| {_fmt(node['growth_first'])} / {_fmt(node['growth_second'])} "
+                f"| {_fmt(node['disk'], 2) if node['disk'] is not None else '-'} |"
+            )
+    return lines
+
+
+def _render_errors(report: dict[str, Any]) -> list[str]:
     errors = []
     for config in CONFIGS:
-        for kind in ("load", "failover", "graceful"):
-            for item in runs.get(config, {}).get(kind, []):
+        for kind in ("load", "failover", "graceful", "memory"):
+            for item in report["runs"].get(config, {}).get(kind, []):
                 if isinstance(item, dict) and "error" in item:
                     errors.append(f"- {config} {kind}: {item['error'][:300]!r}")
-    if errors:
-        lines += ["", "## Errors", "", *errors]
-    return "\n".join(lines) + "\n"
+                for point in item.get("reads", []) if isinstance(item, dict) else []:
+                    if "error" in point:
+                        errors.append(f"- {config} reads: {point['error'][:300]!r}")
+    return ["", "## Errors", "", *errors] if errors else []
 
 
 if __name__ == "__main__":
