@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -197,17 +198,84 @@ async def test_many_messages_keep_their_order_and_go_out_in_few_writes(
         writes += 1
         await original(self, data)
 
+    real_write = os.write
+
+    def counting_write(fd: int, data: Any) -> int:
+        nonlocal writes
+        writes += 1
+        return real_write(fd, data)
+
     monkeypatch.setattr(trio.SocketStream, "send_all", counting_send_all)
+    monkeypatch.setattr(os, "write", counting_write)
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
             a, b = await start_nodes(nursery, "a", "b")
-            for n in range(2000):
+            a.send("b", heartbeat(0))
+            await b.wait_for(1)
+            await trio.testing.wait_all_tasks_blocked()
+            writes = 0
+            # On an idle connection: the first written at once, the rest in one write.
+            for n in range(1, 2000):
                 a.send("b", heartbeat(n))
             await b.wait_for(2000)
             assert b.from_("a") == [heartbeat(n) for n in range(2000)]
+            await trio.testing.wait_all_tasks_blocked()  # a's sender counts after its write
             assert a.stats().messages_sent == 2000
-            # a's handshake, b's handshake reply, and the burst itself.
-            assert writes <= 4
+            assert writes <= 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_message_to_an_idle_connection_is_written_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No sender wakeup for a lone message: send_nowait writes it to the socket itself."""
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(nursery, "a", "b")
+            a.send("b", heartbeat(0))
+            await b.wait_for(1)
+            await trio.testing.wait_all_tasks_blocked()
+            written: list[int] = []
+            real_write = os.write
+
+            def recording_write(fd: int, data: Any) -> int:
+                written.append(len(data))
+                return real_write(fd, data)
+
+            monkeypatch.setattr(os, "write", recording_write)
+            a.send("b", heartbeat(1))
+            assert written == [len(encode_frame(heartbeat(1)))]  # before any task ran
+            await b.wait_for(2)
+            assert b.from_("a") == [heartbeat(0), heartbeat(1)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert a.stats().messages_sent == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_frame_the_socket_takes_in_part_is_finished_first_by_the_sender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest of a partly written frame goes out before any message queued after it."""
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(nursery, "a", "b")
+            a.send("b", heartbeat(0))
+            await b.wait_for(1)
+            await trio.testing.wait_all_tasks_blocked()
+            real_write = os.write
+
+            def short_write(fd: int, data: Any) -> int:
+                return real_write(fd, bytes(data)[:5])
+
+            monkeypatch.setattr(os, "write", short_write)
+            a.send("b", heartbeat(1))  # 5 bytes written, the rest left to the sender
+            monkeypatch.undo()
+            for n in range(2, 50):
+                a.send("b", heartbeat(n))
+            await b.wait_for(50)
+            assert b.from_("a") == [heartbeat(n) for n in range(50)]
+            await trio.testing.wait_all_tasks_blocked()  # a's sender counts after its write
+            assert a.stats().messages_sent == 50
             nursery.cancel_scope.cancel()
 
 
