@@ -184,6 +184,7 @@ class RaftNode:
         self._last_applied: Index = 0
         self._waiters: dict[Index, _Waiter | _Reply] = {}
         self._ready_signal = _Signal()
+        self._ready_loop_waiting = False
         self._apply_signal = _Signal()
         self._replicators: dict[NodeId, _Replicator] = {}
         self._leader_nursery: trio.Nursery | None = None
@@ -750,9 +751,17 @@ class RaftNode:
         """Persist what the core changed, and only then send the messages depending on it."""
         core = self._running_core()
         while True:
-            await self._ready_signal.wait()
+            self._ready_loop_waiting = True
+            try:
+                await self._ready_signal.wait()
+            finally:
+                self._ready_loop_waiting = False
             while core.has_ready:
                 ready = core.take_ready()
+                if ready.entries and self._replicators:
+                    # A leader sends new entries before writing them itself (§10.2.1): its
+                    # own write, which may block the event loop, overlaps the round trip.
+                    self._send_appends()
                 try:
                     if ready.snapshot is not None:
                         meta, data = ready.snapshot
@@ -957,6 +966,23 @@ class RaftNode:
         finally:
             if self._replicators.get(peer) is replicator:
                 del self._replicators[peer]
+
+    def _send_appends(self) -> None:
+        """Send each follower the entries due to it now, from the caller's task.
+
+        What needs more than sending (a snapshot) is left to its replicator.
+        """
+        core = self._running_core()
+        send = self._transport.send_nowait
+        for peer, replicator in self._replicators.items():
+            while True:
+                message = core.replicate(peer, commit=False)
+                if message is None:
+                    break
+                if isinstance(message, SnapshotNeeded):
+                    replicator.wake.set()
+                    break
+                send(peer, message)
 
     async def _tick_heartbeats(self) -> None:
         """Every heartbeat interval, have each replicator send at least an empty append (§5.2).
@@ -1373,7 +1399,10 @@ class RaftNode:
             if core.commit_index != self._seen_commit:
                 self._seen_commit = core.commit_index
                 self._apply_signal.set()
+            appended = core.log.last_index != self._seen_last_index
             self._seen_last_index = core.log.last_index
+            if appended and self._ready_loop_waiting:
+                return  # the ready loop, about to run, sends the new entries first
             # New entries or a new commit index: every follower has something to hear.
             for replicator in self._replicators.values():
                 replicator.wake.set()

@@ -12,7 +12,7 @@ Trio's scheduler is randomized, so the tests assert outcomes and bounds, not int
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import pytest
@@ -27,6 +27,9 @@ from tinyraft_trio import (
     RaftNode,
     Role,
 )
+from tinyraft_trio._core._messages import Message
+from tinyraft_trio._core._types import Entry, HardState, NodeId
+from tinyraft_trio._storage import MemoryStorage
 from tinyraft_trio.testing import MemoryCluster, MemoryNetwork, open_memory_cluster
 
 ELECTION_TIMEOUT = 0.5
@@ -824,3 +827,51 @@ async def test_followers_learn_a_commit_soon_even_between_heartbeats(
         applied_at = trio.current_time()
         await cluster.wait_applied(leader.status().commit_index)
         assert trio.current_time() - applied_at < 0.1
+
+
+async def test_the_leader_sends_new_entries_before_writing_them_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Dissertation §10.2.1: the leader's own write overlaps the followers' round trip, so
+    the AppendEntries carrying an entry leaves before the leader's storage is asked to
+    write it (a write that may block the event loop)."""
+    events: list[tuple[str, NodeId, int]] = []
+
+    class RecordingStorage(MemoryStorage):
+        def __init__(self, node_id: NodeId) -> None:
+            super().__init__()
+            self.node_id = node_id
+
+        async def persist(
+            self,
+            *,
+            hard_state: HardState | None,
+            first_index: int | None,
+            entries: Sequence[Entry],
+        ) -> None:
+            for entry in entries:
+                events.append(("persist", self.node_id, entry.index))
+            await super().persist(hard_state=hard_state, first_index=first_index, entries=entries)
+
+    async with open_memory_cluster(3, seed=53, storage_factory=RecordingStorage) as cluster:
+        leader = await cluster.wait_for_leader()
+        await leader.apply(b"first")  # its no-op is written too
+        transport = leader._transport
+        real_send = transport.send_nowait
+
+        def recording_send(to: NodeId, message: Message) -> None:
+            for entry in getattr(message, "entries", ()):
+                events.append(("send", to, entry.index))
+            real_send(to, message)
+
+        transport.send_nowait = recording_send  # type: ignore[method-assign]
+        events.clear()
+        for number in range(20):
+            await leader.apply(f"c{number}".encode())
+        followers = [node_id for node_id in cluster.node_ids if node_id != leader.id]
+        persisted = [index for kind, who, index in events if kind == "persist" and who == leader.id]
+        assert len(persisted) == 20
+        for index in persisted:
+            written_at = events.index(("persist", leader.id, index))
+            for follower in followers:
+                assert ("send", follower, index) in events[:written_at], (index, follower)
