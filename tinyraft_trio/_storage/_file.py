@@ -827,8 +827,7 @@ class FileStorage:
                 # Starting a segment also syncs the directory: rare, and no sign of a slow disk.
                 if len(self._segments) == segments:
                     self._note_inline_append(time.perf_counter() - started)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
+            return  # no schedule point: the caller sends what depends on this at once
         await trio.to_thread.run_sync(self._persist_sync, hard_state, first_index, entries)
 
     def _inline_append_is_cheap(self, entries: tuple[Entry, ...]) -> bool:
