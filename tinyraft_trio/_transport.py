@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from collections import deque
@@ -27,7 +26,7 @@ import trio
 from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
-from ._outbox import MAX_WRITE_BYTES, Outbox
+from ._outbox import DIRECT_WRITE_SPACING, MAX_WRITE_BYTES, Outbox, write_now
 from ._rpc import (
     DEFAULT_MAX_FRAME_BYTES,
     RequestHandler,
@@ -135,9 +134,6 @@ _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 _RECEIVE_BYTES = 64 * 1024
 _BACKOFF_MIN = 0.02
-_DIRECT_WRITE_SPACING = 0.0002
-"""``send_nowait`` writes to an idle connection itself at most this often: a lone message
-then costs no task switch, while the rest of a burst still goes out in one write."""
 _BACKOFF_MAX = 1.0
 
 
@@ -441,7 +437,7 @@ class TcpTransport:
             nursery.start_soon(self._run_sender, to, peer, name=f"tinyraft sender to {to}")
         if peer.idle_fd is not None and not peer.queue:
             now = time.perf_counter()
-            if now - peer.last_direct_write >= _DIRECT_WRITE_SPACING:
+            if now - peer.last_direct_write >= DIRECT_WRITE_SPACING:
                 peer.last_direct_write = now
                 self._write_now(to, peer, peer.idle_fd, message)
                 return
@@ -460,17 +456,7 @@ class TcpTransport:
         frame = self._encode(to, message)
         if frame is None:
             return
-        try:
-            written = os.write(fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            # The connection failed: the sender finds out on its own and reconnects; the
-            # message is lost with the connection, as if it had been queued.
-            peer.idle_fd = None
-            self._messages_dropped += 1
-            peer.wakeup.set()
-            return
+        written = write_now(fd, frame)
         if written == len(frame):
             self._messages_sent += 1
             return
