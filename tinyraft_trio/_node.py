@@ -1098,7 +1098,7 @@ class RaftNode:
         else:
             return False
         self._waiters[entry.index] = _Reply(entry.term, request, answer, reply)
-        self._after_core()
+        self._after_propose(core)
         return True
 
     async def _answer_submit(self, request: Request) -> Response:
@@ -1404,6 +1404,14 @@ class RaftNode:
             if appended and self._ready_loop_waiting:
                 return  # the ready loop, about to run, sends the new entries first
             # New entries or a new commit index: every follower has something to hear.
+            for replicator in self._replicators.values():
+                replicator.wake.set()
+
+    def _after_propose(self, core: RaftCore) -> None:
+        """``_after_core`` for a proposed command, which changed nothing but the log's end."""
+        self._ready_signal.set()
+        self._seen_last_index = core.log.last_index
+        if not self._ready_loop_waiting:  # else it sends the entries, as in _after_core
             for replicator in self._replicators.values():
                 replicator.wake.set()
 
