@@ -442,6 +442,7 @@ class RaftNode:
             raise NotLeaderError(core.leader_id, self._address_of(core.leader_id))
         term = core.current_term
         while True:
+            self._running_core()  # a closed node's events stay set: this would spin
             if core.role is not Role.LEADER or core.current_term != term:
                 raise LeadershipLostError("leadership was lost before the read was confirmed")
             started = core.start_read()
@@ -457,6 +458,7 @@ class RaftNode:
             replicator.heartbeat_due = True
             replicator.wake.set()
         while not core.read_confirmed(read_round):
+            self._running_core()
             if core.role is not Role.LEADER or core.current_term != term:
                 raise LeadershipLostError("leadership was lost before the read was confirmed")
             await self._progress_changed.wait()

@@ -5,11 +5,17 @@ from __future__ import annotations
 import msgpack
 import pytest
 import trio
+import trio.testing
 
-from tinyraft_trio import LeadershipLostError, NotLeaderError, Role
+from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError, RaftError, Role
 from tinyraft_trio._sessions import SessionTable, encode_command
 from tinyraft_trio.examples.kv import KeyValueStore, get_query, put_command
-from tinyraft_trio.testing import MemoryCluster, RecordingStateMachine, open_memory_cluster
+from tinyraft_trio.testing import (
+    MemoryCluster,
+    MemoryNetwork,
+    RecordingStateMachine,
+    open_memory_cluster,
+)
 
 
 def kv(cluster: MemoryCluster, node_id: str) -> KeyValueStore:
@@ -149,3 +155,35 @@ async def test_lease_reads_skip_the_round_but_never_read_stale(autojump_clock: o
         with trio.move_on_after(5):
             with pytest.raises((LeadershipLostError, NotLeaderError)):
                 assert await leader.query(get_query("k")) != "v1"
+
+
+async def test_a_read_waiting_for_the_new_leaders_no_op_ends_when_the_node_stops() -> None:
+    """A read on a new leader waits for its no-op to commit; if the node stops meanwhile the
+    read fails with NodeClosedError. (It used to spin: a stopped node's events stay set.)
+
+    Real time, not a MockClock: a spinning task never lets virtual time pass, so the
+    deadline below would never fire and the test would hang instead of failing.
+    """
+    network = MemoryNetwork(seed=61, delay=(0.05, 0.05))
+    with trio.fail_after(10):
+        async with open_memory_cluster(
+            3, seed=61, network=network, state_machine_factory=KeyValueStore
+        ) as cluster:
+            await cluster.wait_until(lambda: bool(cluster.leaders()))
+            leader = cluster.leaders()[0]
+            network.isolate(leader.id)  # its no-op, still in flight, is lost
+            assert leader.status().commit_index < leader.status().last_log_index
+            outcome: list[BaseException] = []
+
+            async def read() -> None:
+                try:
+                    await leader.query(get_query("k"))
+                except RaftError as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked(0.01)
+                with trio.fail_after(2):
+                    await cluster.crash(leader.id)
+            assert len(outcome) == 1 and isinstance(outcome[0], NodeClosedError)
