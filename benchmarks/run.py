@@ -279,7 +279,7 @@ def main() -> int:
     if args.quick:
         warmup, duration, rounds, failover_rounds = 0.5, 1.0, 1, 1
     else:
-        warmup, duration, rounds, failover_rounds = 1.0, 3.0, 1, 3
+        warmup, duration, rounds, failover_rounds = 1.0, 3.0, 3, 3
     rounds = args.rounds or rounds
     memory_commands = 0 if args.quick or args.no_memory else MEMORY_COMMANDS
     if args.memory_commands is not None:  # the memory workload alone
