@@ -200,6 +200,15 @@ def test_batches_are_bounded_by_bytes_but_never_empty() -> None:
     assert alone.entries == (huge,)
 
 
+def commit_one_via_b(leader: RaftCore) -> None:
+    """Propose an entry on ``leader`` and have follower "b" acknowledge it: it commits."""
+    entry = leader.propose(b"x")
+    leader.on_persisted(entry.index, entry.term)
+    [append] = drain_appends(leader, "b")
+    acknowledge(leader, "b", append)
+    assert leader.commit_index == entry.index
+
+
 def test_heartbeat_with_nothing_new_is_an_empty_append_entries() -> None:
     """Reference: §5.2 (heartbeats are AppendEntries RPCs that carry no log entries)."""
     leader = replicating_leader()
@@ -223,11 +232,7 @@ def test_commit_advance_is_sent_even_without_new_entries() -> None:
     learn of commits)."""
     leader = replicating_leader()
     assert replicate(leader, "b") is None
-    entry = leader.propose(b"x")
-    leader.on_persisted(entry.index, entry.term)
-    [append] = drain_appends(leader, "b")
-    acknowledge(leader, "b", append)
-    assert leader.commit_index == 2
+    commit_one_via_b(leader)
     [news] = drain_appends(leader, "b")
     assert news.entries == ()
     assert news.leader_commit == 2
@@ -238,11 +243,7 @@ def test_commit_news_alone_can_be_withheld_to_ride_on_the_next_entries() -> None
     """The driver may hold back a commit-only AppendEntries (``commit=False``); the news
     then rides on the next entries. Entries and heartbeats are never held back."""
     leader = replicating_leader()
-    entry = leader.propose(b"x")
-    leader.on_persisted(entry.index, entry.term)
-    [append] = drain_appends(leader, "b")
-    acknowledge(leader, "b", append)
-    assert leader.commit_index == 2
+    commit_one_via_b(leader)
     assert leader.commit_behind("b")
     assert leader.replicate("b", commit=False) is None
     heartbeat = leader.replicate("b", heartbeat=True, commit=False)
@@ -264,11 +265,7 @@ def test_commit_news_alone_can_be_withheld_to_ride_on_the_next_entries() -> None
 def test_a_probing_follower_is_never_commit_behind() -> None:
     """In PROBE nothing but the outstanding probe may go out, so there is no news to hold."""
     leader = replicating_leader()
-    entry = leader.propose(b"x")
-    leader.on_persisted(entry.index, entry.term)
-    [append] = drain_appends(leader, "b")
-    acknowledge(leader, "b", append)
-    assert leader.commit_index == 2
+    commit_one_via_b(leader)
     assert not leader.commit_behind("c")  # "c" never answered: still probing
 
 

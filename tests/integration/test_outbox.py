@@ -19,6 +19,15 @@ async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
     return data
 
 
+async def idle_outbox(nursery: trio.Nursery) -> tuple[Outbox, trio.SocketStream]:
+    """An outbox whose pump waits on one end of a socket pair; and the other end."""
+    left, right = trio.socket.socketpair()
+    outbox = Outbox()
+    nursery.start_soon(outbox.pump, trio.SocketStream(left))
+    await trio.testing.wait_all_tasks_blocked()
+    return outbox, trio.SocketStream(right)
+
+
 async def test_a_frame_for_an_idle_stream_is_written_before_any_task_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -29,13 +38,9 @@ async def test_a_frame_for_an_idle_stream_is_written_before_any_task_runs(
         writes.append(bytes(data))
         return real_write(fd, data)
 
-    left, right = trio.socket.socketpair()
-    sender, receiver = trio.SocketStream(left), trio.SocketStream(right)
-    outbox = Outbox()
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.pump, sender)
-            await trio.testing.wait_all_tasks_blocked()
+            outbox, receiver = await idle_outbox(nursery)
             monkeypatch.setattr(os, "write", recording_write)
             outbox.put(b"lone")
             assert writes == [b"lone"] and not outbox.frames
@@ -56,13 +61,9 @@ async def test_the_rest_of_a_frame_written_in_part_goes_first_and_cannot_be_disc
     def short_write(fd: int, data: Any) -> int:
         return real_write(fd, bytes(data)[:3])
 
-    left, right = trio.socket.socketpair()
-    sender, receiver = trio.SocketStream(left), trio.SocketStream(right)
-    outbox = Outbox()
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(outbox.pump, sender)
-            await trio.testing.wait_all_tasks_blocked()
+            outbox, receiver = await idle_outbox(nursery)
             monkeypatch.setattr(os, "write", short_write)
             frame = b"0123456789"
             outbox.put(frame)

@@ -121,6 +121,15 @@ async def start_nodes(nursery: trio.Nursery, *ids: NodeId, **kw: Any) -> list[No
     return [await Node(node_id, book, **kw).start(nursery) for node_id in ids]
 
 
+async def idle_connection(nursery: trio.Nursery) -> tuple[Node, Node]:
+    """Nodes "a" and "b", with a's connection to b open and its sender waiting for work."""
+    a, b = await start_nodes(nursery, "a", "b")
+    a.send("b", heartbeat(0))
+    await b.wait_for(1)
+    await trio.testing.wait_all_tasks_blocked()
+    return a, b
+
+
 def unused_port() -> int:
     """A port nothing listens on (bound, then released, so connecting is refused)."""
     with socket.socket() as sock:
@@ -209,10 +218,7 @@ async def test_many_messages_keep_their_order_and_go_out_in_few_writes(
     monkeypatch.setattr(os, "write", counting_write)
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
-            a, b = await start_nodes(nursery, "a", "b")
-            a.send("b", heartbeat(0))
-            await b.wait_for(1)
-            await trio.testing.wait_all_tasks_blocked()
+            a, b = await idle_connection(nursery)
             writes = 0
             # On an idle connection: the first written at once, the rest in one write.
             for n in range(1, 2000):
@@ -231,10 +237,7 @@ async def test_a_message_to_an_idle_connection_is_written_at_once(
     """No sender wakeup for a lone message: send_nowait writes it to the socket itself."""
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
-            a, b = await start_nodes(nursery, "a", "b")
-            a.send("b", heartbeat(0))
-            await b.wait_for(1)
-            await trio.testing.wait_all_tasks_blocked()
+            a, b = await idle_connection(nursery)
             written: list[int] = []
             real_write = os.write
 
@@ -258,10 +261,7 @@ async def test_a_frame_the_socket_takes_in_part_is_finished_first_by_the_sender(
     """The rest of a partly written frame goes out before any message queued after it."""
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
-            a, b = await start_nodes(nursery, "a", "b")
-            a.send("b", heartbeat(0))
-            await b.wait_for(1)
-            await trio.testing.wait_all_tasks_blocked()
+            a, b = await idle_connection(nursery)
             real_write = os.write
 
             def short_write(fd: int, data: Any) -> int:
