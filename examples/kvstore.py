@@ -14,7 +14,6 @@ node, is ``tinyraft-trio node --http HOST:PORT`` (needs ``pip install 'tinyraft-
 
 from __future__ import annotations
 
-import socket
 import sys
 from contextlib import AsyncExitStack
 
@@ -22,17 +21,7 @@ import trio
 
 from tinyraft_trio import RaftConfig, open_raft_node
 from tinyraft_trio.examples.kv import KeyValueStore, get_query, put_command
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from tinyraft_trio.testing import free_loopback_ports
 
 
 async def run_cluster(pairs: dict[str, str]) -> dict[str, dict[str, str]]:

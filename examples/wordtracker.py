@@ -11,7 +11,6 @@ each word, and prints the words every node holds.
 
 from __future__ import annotations
 
-import socket
 import sys
 from contextlib import AsyncExitStack
 
@@ -20,6 +19,7 @@ import trio
 
 import tinyraft_trio
 from tinyraft_trio import RaftConfig, open_raft_node
+from tinyraft_trio.testing import free_loopback_ports
 
 
 class WordTracker:
@@ -41,18 +41,6 @@ class WordTracker:
 
     def restore(self, data: bytes) -> None:
         self.words = list(msgpack.unpackb(data))
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """Ask the OS for ``count`` free TCP ports on 127.0.0.1."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 async def run_cluster(words: list[str]) -> dict[str, list[str]]:

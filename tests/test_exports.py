@@ -68,6 +68,7 @@ def test_testing_exports() -> None:
         "RecordingStateMachine",
         "SafetyChecker",
         "SimulatedDisk",
+        "free_loopback_ports",
         "open_memory_cluster",
     }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import trio
 from ._cli_node import CommandError
 from ._client import ClusterNodeStatus, RaftClient, connect
 from ._core._types import Role
+from ._ports import free_loopback_ports
 from .examples.kv import get_query, put_command
 
 Handler = Callable[[argparse.Namespace], int]
@@ -75,23 +75,12 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
         yield error
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class Demo:
     """The demo's processes and steps; ``stop_all`` is synchronous so it runs after trio."""
 
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="tinyraft-demo-"))
-        ports = _free_ports(NODES)
+        ports = free_loopback_ports(NODES)
         self.ids = [f"n{i}" for i in range(1, NODES + 1)]
         self.addresses = {
             nid: f"127.0.0.1:{port}" for nid, port in zip(self.ids, ports, strict=True)

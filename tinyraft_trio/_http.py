@@ -157,22 +157,7 @@ class KeyValueHttpApp:
         return _json(409, {"swapped": False})
 
     def _status(self) -> dict[str, Any]:
-        status = self.node.status()
-        return {
-            "id": status.id,
-            "role": status.role.value,
-            "term": status.term,
-            "leader_id": status.leader_id,
-            "commit_index": status.commit_index,
-            "last_applied": status.last_applied,
-            "last_log_index": status.last_log_index,
-            "snapshot_index": status.snapshot_index,
-            "storage_error": status.storage_error,
-            "members": [
-                {"id": member.id, "address": member.address, "voter": member.voter}
-                for member in status.members
-            ],
-        }
+        return self.node.status().summary()
 
     async def _read(self, key: str, *, stale: bool) -> object:
         try:

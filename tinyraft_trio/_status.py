@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._core._types import Index, NodeId, Role, Term
 
@@ -40,3 +41,21 @@ class NodeStatus:
     """The last index the latest durable snapshot covers (0: none yet)."""
     storage_error: str | None = None
     """Set when the disk failed; the node then takes no further part until restarted."""
+
+    def summary(self) -> dict[str, Any]:
+        """The fields every status view shows (the RPC, the HTTP API), as plain data."""
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "term": self.term,
+            "leader_id": self.leader_id,
+            "commit_index": self.commit_index,
+            "last_applied": self.last_applied,
+            "last_log_index": self.last_log_index,
+            "snapshot_index": self.snapshot_index,
+            "storage_error": self.storage_error,
+            "members": [
+                {"id": member.id, "address": member.address, "voter": member.voter}
+                for member in self.members
+            ],
+        }

@@ -170,18 +170,8 @@ class ControlServer:
             return {"error": f"{type(exc).__name__}: {exc}"}
 
     def state(self, *, with_commands: bool = True) -> dict[str, Any]:
-        status = self.node.status()
-        state: dict[str, Any] = {
-            "id": status.id,
-            "role": status.role.value,
-            "term": status.term,
-            "leader_id": status.leader_id,
-            "commit_index": status.commit_index,
-            "last_applied": status.last_applied,
-            "last_log_index": status.last_log_index,
-            "snapshot_index": status.snapshot_index,
-            "storage_error": status.storage_error,
-        }
+        state = self.node.status().summary()
+        del state["members"]  # see the "members" op
         if with_commands:
             state["commands"] = [command.hex() for command in self.machine.commands]
         return state

@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from typing import Any
 
 import pytest
 import trio
+
+from tinyraft_trio.testing import free_loopback_ports
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -58,17 +59,6 @@ WRITERS = 4
 CHAOS_SECONDS = 30.0
 SNAPSHOT_THRESHOLD = 50
 TRAILING_ENTRIES = 10
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class NotDelivered(Exception):
@@ -142,7 +132,7 @@ class ProcessCluster:
         self._assign_ports([f"n{i}" for i in range(1, size + 1)])
 
     def _assign_ports(self, node_ids: list[str]) -> None:
-        ports = free_ports(len(node_ids))
+        ports = free_loopback_ports(len(node_ids))
         for node_id, port in zip(node_ids, ports, strict=True):
             self.handles[node_id] = NodeHandle(
                 node_id=node_id,

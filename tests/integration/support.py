@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import trio
 
 from tinyraft_trio import RaftConfig, RaftNode, Role, open_raft_node
-from tinyraft_trio.testing import RecordingStateMachine
+from tinyraft_trio.testing import RecordingStateMachine, free_loopback_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` TCP ports on 127.0.0.1 that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def free_port() -> int:
-    (port,) = free_ports(1)
+    (port,) = free_loopback_ports(1)
     return port
 
 
@@ -59,7 +46,7 @@ class TcpCluster:
     def __init__(self, nursery: trio.Nursery, size: int, *, election_timeout: float = 0.3) -> None:
         self.nursery = nursery
         self.election_timeout = election_timeout
-        ports = free_ports(size)
+        ports = free_loopback_ports(size)
         self.peers = {f"n{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports, start=1)}
         self.nodes: dict[str, RaftNode] = {}
         self.machines: dict[str, RecordingStateMachine] = {}
@@ -106,3 +93,29 @@ class TcpCluster:
                 if node.status().role is Role.LEADER:
                     return node
             await trio.sleep(0.01)
+
+
+def unused_port() -> int:
+    """A port nothing listens on (bound, then released, so connecting is refused)."""
+    (port,) = free_loopback_ports(1)
+    return port
+
+
+def open_fds() -> int | None:
+    """How many file descriptors this process has open (None where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def all_tasks() -> set[str]:
+    """Names of every task in this trio run (the test's own included)."""
+    names = set()
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is not None:
+            names.add(f"{task.name}@{id(task)}")
+            pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import environment, free_ports, stop
+from support import environment, free_loopback_ports, stop
 
 from tinyraft_trio import cli
 from tinyraft_trio._cli_node import config_from
@@ -53,7 +53,7 @@ async def wait_for_one_leader(addresses: list[str]) -> str:
 
 @pytest.mark.parametrize("style", ["flags", "env"])
 async def test_a_cluster_formed_by_flags_or_by_environment(style: str, tmp_path: Path) -> None:
-    ports = free_ports(3)
+    ports = free_loopback_ports(3)
     addresses = [f"127.0.0.1:{port}" for port in ports]
     peers = ",".join(f"n{i}={a}" for i, a in enumerate(addresses, start=1))
     processes = []

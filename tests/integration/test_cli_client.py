@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import environment, free_ports, stop
+from support import environment, free_loopback_ports, stop
 
 from tinyraft_trio import Role, cli, connect
 
@@ -30,7 +30,7 @@ def start_node(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """Three in-memory nodes; yields their addresses."""
     directory = tmp_path_factory.mktemp("cli-client")
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
+    addresses = [f"127.0.0.1:{port}" for port in free_loopback_ports(3)]
     peers = [arg for i, a in enumerate(addresses, 1) for arg in ("--peer", f"n{i}={a}")]
     processes = [
         start_node(["--id", f"n{i}", "--listen", address, *peers], directory / f"n{i}.log")
@@ -96,7 +96,7 @@ def test_members_commands(
     assert (code, out, err) == (0, f"leader: {target} (already the leader)\n", "")
 
     # n4 joins as a learner (asking a member); `members add` then makes it a voter.
-    address = f"127.0.0.1:{free_ports(1)[0]}"
+    address = f"127.0.0.1:{free_loopback_ports(1)[0]}"
     learner = start_node(
         ["--id", "n4", "--listen", address, "--join", cluster[0], "--non-voter"],
         tmp_path / "n4.log",
@@ -153,7 +153,7 @@ def members(cluster: list[str]) -> dict[str, bool]:
 
 
 def test_client_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    dead = f"127.0.0.1:{free_loopback_ports(1)[0]}"
     for argv in (
         ["kv", "get", "k", "--cluster", dead, "--timeout", "0.5"],
         ["kv", "put", "k", "v", "--cluster", dead, "--timeout", "0.5"],
@@ -172,7 +172,7 @@ def test_client_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_no_traceback_from_the_real_command() -> None:
-    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    dead = f"127.0.0.1:{free_loopback_ports(1)[0]}"
     for argv in (
         ["kv", "get", "k", "--cluster", dead, "--timeout", "0.5"],
         ["kv", "get", "k", "--bogus-flag", "--cluster", dead],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from support import TcpCluster, free_ports
+from support import TcpCluster, free_loopback_ports
 
 from tinyraft_trio._client import RaftClient, connect
 from tinyraft_trio._exceptions import ClusterUnavailableError
@@ -71,7 +71,7 @@ async def test_concurrent_clients_over_tcp() -> None:
 
 
 async def test_unreachable_cluster_is_unavailable_quickly() -> None:
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    addresses = [f"127.0.0.1:{port}" for port in free_loopback_ports(2)]
     with trio.fail_after(10):
         async with connect(addresses, timeout=1.0) as client:
             with pytest.raises(ClusterUnavailableError) as info:

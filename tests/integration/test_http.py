@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trio
-from support import environment, free_ports, stop
+from support import environment, free_loopback_ports, stop
 
 pytest.importorskip("hypercorn")
 httpx = pytest.importorskip("httpx")
@@ -22,7 +22,7 @@ from tinyraft_trio._http import MAX_KEY_BYTES, MAX_VALUE_BYTES  # noqa: E402
 def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Three nodes, each serving HTTP; yields node id -> base URL."""
     directory = tmp_path_factory.mktemp("http")
-    ports = free_ports(6)
+    ports = free_loopback_ports(6)
     raft = [f"127.0.0.1:{port}" for port in ports[:3]]
     http = [f"127.0.0.1:{port}" for port in ports[3:]]
     peers = [arg for i, a in enumerate(raft, 1) for arg in ("--peer", f"n{i}={a}")]
@@ -166,7 +166,7 @@ async def test_size_limits(urls: dict[str, str]) -> None:
 @pytest.fixture
 def lonely_url(tmp_path: Path) -> Iterator[str]:
     """n1 alone of three: it never gets a quorum, so it never learns of a leader."""
-    ports = free_ports(4)
+    ports = free_loopback_ports(4)
     raft = [f"127.0.0.1:{port}" for port in ports[:3]]
     peers = [arg for i, a in enumerate(raft, 1) for arg in ("--peer", f"n{i}={a}")]
     command = ["node", "--id", "n1", "--listen", raft[0], "--http", f"127.0.0.1:{ports[3]}"]

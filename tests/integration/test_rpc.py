@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from support import all_tasks, open_fds, unused_port
 
 from tinyraft_trio._config import parse_address
 from tinyraft_trio._core._messages import AppendEntries, Message, TimeoutNow
@@ -33,31 +33,6 @@ def heartbeat(n: int) -> AppendEntries:
     return AppendEntries(
         term=1, leader_id="a", prev_log_index=0, prev_log_term=0, entries=(), leader_commit=n
     )
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bound, then released, so connecting is refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def open_fds() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
-
-def all_tasks() -> set[str]:
-    names = set()
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        if task is not None:
-            names.add(f"{task.name}@{id(task)}")
-            pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
-    return names
 
 
 Handler = Callable[[str, Request], Awaitable[Response]]

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import all_tasks, open_fds, unused_port
 
 from tinyraft_trio._config import parse_address
 from tinyraft_trio._core._messages import (
@@ -128,32 +129,6 @@ async def idle_connection(nursery: trio.Nursery) -> tuple[Node, Node]:
     await b.wait_for(1)
     await trio.testing.wait_all_tasks_blocked()
     return a, b
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bound, then released, so connecting is refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def open_fds() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
-
-def all_tasks() -> set[str]:
-    """Names of every task in this trio run (the test's own included)."""
-    names = set()
-    pending = [trio.lowlevel.current_root_task()]
-    while pending:
-        task = pending.pop()
-        if task is not None:
-            names.add(f"{task.name}@{id(task)}")
-            pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
-    return names
 
 
 # -- Delivery ---------------------------------------------------------------------------------

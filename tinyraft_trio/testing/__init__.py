@@ -1,5 +1,6 @@
 """Tools for testing Raft clusters in one process, in simulated time (like trio.testing)."""
 
+from .._ports import free_loopback_ports as free_loopback_ports
 from ._cluster import MemoryCluster as MemoryCluster
 from ._cluster import open_memory_cluster as open_memory_cluster
 from ._disk import SimulatedDisk as SimulatedDisk
