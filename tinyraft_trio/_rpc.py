@@ -27,6 +27,7 @@ import trio
 from ._config import parse_address
 from ._exceptions import RaftError
 from ._outbox import Outbox
+from ._pending import DeadlineTimer, PendingCall
 from ._wire import (
     MAX_ID_CHARS,
     MAX_METHOD_CHARS,
@@ -286,16 +287,23 @@ class RpcClientStatistics:
     """Requests sent (or about to be) whose response has not arrived."""
 
 
-class _Call:
-    """One request waiting for its response."""
+class _Call(PendingCall):
+    """One request waiting for its response (``response``: a ``Response``)."""
 
-    __slots__ = ("done", "failure", "response")
+    __slots__ = ("connection", "frame", "request_id")
 
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.response: Response | None = None
-        self.failure: str | None = None
-        """Invariant: once ``done`` is set, exactly one of response and failure is set."""
+    def __init__(
+        self, deadline: float, connection: _Connection, request_id: int, frame: bytes
+    ) -> None:
+        super().__init__(deadline)
+        self.connection = connection
+        self.request_id = request_id
+        self.frame = frame
+
+    def abandon(self) -> None:
+        # Forget the call; if its frame is still queued, it is not sent at all.
+        self.connection.calls.pop(self.request_id, None)
+        self.connection.outbox.discard(self.frame)
 
 
 class _Connection:
@@ -324,8 +332,7 @@ class _Connection:
             self.failure = reason
         self.ready.set()
         for call in self.calls.values():
-            call.failure = self.failure
-            call.done.set()
+            call.finish(failure=self.failure)
         self.calls.clear()
         self.outbox.clear()
         self.scope.cancel()
@@ -379,6 +386,7 @@ class RpcClient:
         self._pool: dict[str, _Connection] = {}
         """Invariant: each connection here has one task in ``_nursery`` and no failure."""
         self._connects = 0
+        self._deadlines = DeadlineTimer()
 
     @property
     def client_id(self) -> str:
@@ -429,34 +437,26 @@ class RpcClient:
         if nursery is None or self._closed:
             raise TransportError(address, "the RPC client is not running")
         deadline = trio.current_time() + seconds
-        call = _Call()
         connection = self._connection_to(address, deadline, nursery)
-        try:
-            # A bare CancelScope: move_on_at's context-manager wrapper costs as much again.
-            with trio.CancelScope(deadline=deadline):
-                if not connection.ready.is_set():
-                    await connection.ready.wait()
-                if connection.failure is not None:
-                    raise TransportError(address, connection.failure)
-                connection.calls[request_id] = call
-                connection.outbox.put(frame)
-                await call.done.wait()
-                if call.response is None:
-                    assert call.failure is not None
-                    raise TransportError(address, call.failure)
-                return call.response
-        finally:
-            if not call.done.is_set():
-                # Given up (timeout or cancellation): forget the call; if its frame is
-                # still queued, it is not sent at all.
-                connection.calls.pop(request_id, None)
-                connection.outbox.discard(frame)
-        # The call may have finished just as the deadline passed.
-        if call.response is not None:
-            return call.response
-        if call.failure is not None:
-            raise TransportError(address, call.failure)
-        raise TransportError(address, timeout_reason(seconds))
+        if not connection.ready.is_set():
+            with trio.move_on_at(deadline):
+                await connection.ready.wait()
+            if not connection.ready.is_set():
+                raise TransportError(address, timeout_reason(seconds))
+        if connection.failure is not None:
+            raise TransportError(address, connection.failure)
+        call = _Call(deadline, connection, request_id, frame)
+        connection.calls[request_id] = call
+        connection.outbox.put(frame)
+        self._deadlines.watch(call, nursery)
+        await call.wait()
+        response = call.response
+        if isinstance(response, Response):
+            return response
+        if call.timed_out:
+            raise TransportError(address, timeout_reason(seconds))
+        assert call.failure is not None
+        raise TransportError(address, call.failure)
 
     async def aclose(self) -> None:
         """Close every connection; requests still waiting fail with ``TransportError``.
@@ -591,8 +591,7 @@ class RpcClient:
                         raise ProtocolError(f"expected a Response, got {type(message).__name__}")
                     call = calls.pop(message.request_id, None)
                     if call is not None:
-                        call.response = message
-                        call.done.set()
+                        call.finish(message)
                     # Otherwise its caller gave up (timeout, cancellation): discarded.
         except ProtocolError as exc:
             logger.warning("closing connection to %s: %s", address, exc)

@@ -1,0 +1,143 @@
+"""Parked calls and their deadline timer (the RPC client's requests wait this way)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tinyraft_trio._pending import DeadlineTimer, PendingCall
+
+
+class RecordingCall(PendingCall):
+    __slots__ = ("abandoned",)
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(deadline)
+        self.abandoned = 0
+
+    def abandon(self) -> None:
+        self.abandoned += 1
+
+
+async def wait_and_record(call: PendingCall, woke: list[tuple[float, PendingCall]]) -> None:
+    await call.wait()
+    woke.append((trio.current_time(), call))
+
+
+async def test_finish_wakes_the_caller_with_the_answer_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    call = RecordingCall(deadline=trio.current_time() + 10)
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        DeadlineTimer().watch(call, nursery)
+        nursery.start_soon(wait_and_record, call, woke)
+        await trio.sleep(1)
+        call.finish("answer")
+        call.finish("second answer")
+        call.expire()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [c for _, c in woke] == [call]
+        assert call.response == "answer" and not call.timed_out and call.abandoned == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_call_finished_before_it_waits_returns_at_once() -> None:
+    call = RecordingCall(deadline=trio.current_time() + 10)
+    call.finish(failure="connection lost")
+    with trio.fail_after(1):
+        await call.wait()
+    assert call.failure == "connection lost" and call.response is None
+
+
+async def test_a_call_expires_at_its_deadline_and_is_abandoned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    call = RecordingCall(deadline=start + 3)
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        DeadlineTimer().watch(call, nursery)
+        nursery.start_soon(wait_and_record, call, woke)
+        await trio.sleep(5)
+        assert woke == [(start + 3, call)]
+        assert call.timed_out and call.abandoned == 1
+        call.finish("too late")
+        assert call.response is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_shorter_deadline_added_later_is_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    timer = DeadlineTimer()
+    slow, quick = RecordingCall(deadline=start + 100), RecordingCall(deadline=start + 1)
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        timer.watch(slow, nursery)
+        nursery.start_soon(wait_and_record, slow, woke)
+        await trio.sleep(0.5)  # the timer now sleeps until the slow call's deadline
+        timer.watch(quick, nursery)
+        nursery.start_soon(wait_and_record, quick, woke)
+        await trio.sleep(1)
+        assert woke == [(start + 1, quick)]
+        await trio.sleep(100)
+        assert woke == [(start + 1, quick), (start + 100, slow)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_caller_abandons_its_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    call = RecordingCall(deadline=trio.current_time() + 10)
+    async with trio.open_nursery() as nursery:
+        DeadlineTimer().watch(call, nursery)
+        with trio.move_on_after(1) as scope:
+            await call.wait()
+        assert scope.cancelled_caught
+        assert call.abandoned == 1 and not call.timed_out
+        # A late answer or the deadline does nothing more (and wakes no one).
+        call.finish("late")
+        await trio.sleep(20)
+        assert call.abandoned == 1 and call.response is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_finished_calls_do_not_pile_up_and_live_ones_still_expire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    timer = DeadlineTimer()
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        forgotten = RecordingCall(deadline=start + 50)
+        timer.watch(forgotten, nursery)
+        nursery.start_soon(wait_and_record, forgotten, woke)
+        for n in range(20_000):
+            call = RecordingCall(deadline=start + 60 + n)
+            timer.watch(call, nursery)
+            call.finish("done")
+        assert len(timer._heap) < 5_000
+        await trio.sleep(100)
+        assert woke == [(start + 50, forgotten)] and forgotten.timed_out
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("deadline_passed", [False, True])
+async def test_an_answer_and_a_deadline_at_once_wake_the_caller_once(
+    autojump_clock: trio.testing.MockClock, deadline_passed: bool
+) -> None:
+    start = trio.current_time()
+    call = RecordingCall(deadline=start + 1)
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        DeadlineTimer().watch(call, nursery)
+        nursery.start_soon(wait_and_record, call, woke)
+        await trio.sleep(1 if deadline_passed else 0.5)
+        call.finish("answer")
+        await trio.sleep(2)
+        assert [c for _, c in woke] == [call]
+        assert (call.response is None) == call.timed_out
+        nursery.cancel_scope.cancel()
