@@ -26,6 +26,7 @@ from typing import Any, Protocol, cast
 import msgpack
 import trio
 
+from ._batching import SINGLE_METHOD_OF, decode_batch_body, encode_batch_answer
 from ._config import RaftConfig, check_node_id, parse_address
 from ._core._messages import Message
 from ._core._state import CoreSettings, RaftCore, SnapshotNeeded
@@ -154,6 +155,40 @@ class _Reply:
         self.reply(self.answer(self.request, result, error))
 
 
+class _BatchReply:
+    """A batch request (see ``_batching``) waiting, without a task, for all its answers."""
+
+    __slots__ = ("answers", "remaining", "reply", "request")
+
+    def __init__(self, request: Request, count: int, reply: Callable[[Response], None]) -> None:
+        self.request = request
+        self.answers: list[tuple[bool, bytes]] = [(False, b"")] * count
+        self.remaining = count
+        self.reply = reply
+
+    def set(self, position: int, response: Response) -> None:
+        self.answers[position] = (response.ok, response.body)
+        self.remaining -= 1
+        if self.remaining == 0:
+            body = encode_batch_answer(self.answers)
+            self.reply(Response(request_id=self.request.request_id, ok=True, body=body))
+
+
+class _BatchPart:
+    """One command of a batch request, waiting for its entry to be applied."""
+
+    __slots__ = ("answer", "batch", "position", "term")
+
+    def __init__(self, term: Term, batch: _BatchReply, position: int, answer: _Answerer) -> None:
+        self.term = term
+        self.batch = batch
+        self.position = position
+        self.answer = answer
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        self.batch.set(self.position, self.answer(self.batch.request, result, error))
+
+
 class RaftNode:
     """One running Raft node. Obtain it from ``open_raft_node``; do not construct it directly."""
 
@@ -182,7 +217,7 @@ class RaftNode:
         self._closed = False
         self._ignored_messages = 0
         self._last_applied: Index = 0
-        self._waiters: dict[Index, _Waiter | _Reply] = {}
+        self._waiters: dict[Index, _Waiter | _Reply | _BatchPart] = {}
         self._ready_signal = _Signal()
         self._ready_loop_waiting = False
         self._apply_signal = _Signal()
@@ -1021,6 +1056,8 @@ class RaftNode:
             return await self._answer_apply(request)
         if request.method == "submit":
             return await self._answer_submit(request)
+        if request.method in SINGLE_METHOD_OF:
+            return await self._answer_batch(requester, request)
         if request.method == "query":
             return await self._answer_query(request)
         if request.method == "read_index":
@@ -1057,6 +1094,31 @@ class RaftNode:
             return _apply_answer(request, None, exc)
         return _apply_answer(request, result, None)
 
+    async def _answer_batch(self, requester: str, request: Request) -> Response:
+        """Carry out each command of a batch request as if it had come alone (``_batching``).
+
+        Commands of one batch are independent: each has its own answer, and a refused one
+        does not stop the others. A follower forwards the whole batch to its leader.
+        """
+        bodies = decode_batch_body(request.body)
+        if bodies is None:
+            return _error(request, "malformed batch request")
+        if self._running_core().role is not Role.LEADER:
+            return await self._forward(request)
+        method = SINGLE_METHOD_OF[request.method]
+        answers: list[tuple[bool, bytes]] = [(False, b"")] * len(bodies)
+
+        async def answer_one(position: int, body: bytes) -> None:
+            one = Request(request_id=request.request_id, method=method, body=body)
+            response = await self._handle_request(requester, one)
+            answers[position] = (response.ok, response.body)
+
+        async with trio.open_nursery() as nursery:
+            for position, body in enumerate(bodies):
+                nursery.start_soon(answer_one, position, body)
+        body = encode_batch_answer(answers)
+        return Response(request_id=request.request_id, ok=True, body=body)
+
     def _start_request(
         self, requester: str, request: Request, reply: Callable[[Response], None]
     ) -> bool:
@@ -1085,9 +1147,40 @@ class RaftNode:
                 return False  # refused by the handler
             entry = core.propose(data, EntryKind.SESSION)
             answer = _submit_answer
+        elif request.method in SINGLE_METHOD_OF:
+            return self._start_batch(core, request, reply)
         else:
             return False
         self._waiters[entry.index] = _Reply(entry.term, request, answer, reply)
+        self._after_propose(core)
+        return True
+
+    def _start_batch(
+        self, core: RaftCore, request: Request, reply: Callable[[Response], None]
+    ) -> bool:
+        """``_start_request`` for a batch: each command proposed as if it came alone."""
+        bodies = decode_batch_body(request.body)
+        if bodies is None:
+            return False  # refused by the handler
+        proposals: list[tuple[bytes, EntryKind]] = []
+        if request.method == "apply_batch":
+            limit = self.config.max_frame_bytes - 4096
+            if any(len(body) > limit for body in bodies):
+                return False  # the handler refuses those and applies the rest
+            proposals = [(body, EntryKind.COMMAND) for body in bodies]
+            answer: _Answerer = _apply_answer
+        else:
+            for body in bodies:
+                data = _session_entry_data(body)
+                if data is None:
+                    return False  # the handler refuses those and applies the rest
+                proposals.append((data, EntryKind.SESSION))
+            answer = _submit_answer
+        batch = _BatchReply(request, len(proposals), reply)
+        waiters = self._waiters
+        for position, (data, kind) in enumerate(proposals):
+            entry = core.propose(data, kind)
+            waiters[entry.index] = _BatchPart(entry.term, batch, position, answer)
         self._after_propose(core)
         return True
 

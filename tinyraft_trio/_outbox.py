@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import trio
 
@@ -31,19 +31,40 @@ def write_now(fd: int, data: bytes) -> int:
         return 0
 
 
+class LaterFrame(Protocol):
+    """A frame encoded only when the writer takes it, so it can still grow until then."""
+
+    def encode(self) -> bytes:
+        """The frame's bytes (b"" for nothing); called once, by the writer."""
+        ...
+
+
 class Outbox:
     """A queue of encoded frames for one stream, drained by ``pump`` (its only writer)."""
 
     __slots__ = ("_idle_fd", "_last_direct_write", "_wakeup", "frames")
 
     def __init__(self) -> None:
-        self.frames: list[bytes] = []
+        self.frames: list[bytes | LaterFrame] = []
         """Frames not yet handed to the stream, oldest first."""
         self._wakeup = trio.Event()
         self._idle_fd: int | None = None
         """The stream's socket while ``pump`` waits with nothing queued: ``put`` then writes
         to it itself (see ``DIRECT_WRITE_SPACING``)."""
         self._last_direct_write = -math.inf
+
+    def writes_now(self) -> bool:
+        """Whether ``put`` would write a frame at once (the stream is idle, spacing allows)."""
+        return (
+            self._idle_fd is not None
+            and not self.frames
+            and time.perf_counter() - self._last_direct_write >= DIRECT_WRITE_SPACING
+        )
+
+    def put_later(self, frame: LaterFrame) -> None:
+        """Queue ``frame`` to be encoded when the writer gets to it."""
+        self.frames.append(frame)
+        self._wakeup.set()
 
     def put(self, frame: bytes) -> None:
         fd = self._idle_fd
@@ -88,10 +109,13 @@ class Outbox:
                 finally:
                     self._idle_fd = None
             size = 0
-            count = 0
-            while count < len(frames) and size < MAX_WRITE_BYTES:
-                size += len(frames[count])
-                count += 1
-            data = b"".join(frames[:count])
-            del frames[:count]
+            chunk: list[bytes] = []
+            while len(chunk) < len(frames) and size < MAX_WRITE_BYTES:
+                frame = frames[len(chunk)]
+                if not isinstance(frame, bytes):
+                    frame = frame.encode()
+                chunk.append(frame)
+                size += len(frame)
+            del frames[: len(chunk)]
+            data = b"".join(chunk)
             await stream.send_all(data)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from ._batching import BATCH_METHOD_OF, MAX_BATCH_REQUESTS, decode_batch_answer, encode_batch_body
 from ._config import parse_address
 from ._exceptions import RaftError
 from ._outbox import Outbox
@@ -80,6 +81,10 @@ _FRAME_HEADER_BYTES = 4
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 """What a healthy connection expects from the network now and then; handled where met."""
 _RECEIVE_BYTES = 64 * 1024
+_BATCH_FRAME_OVERHEAD = 256
+"""Bytes a batch request's frame takes beyond its items (header, type, id, method)."""
+_BATCH_ITEM_OVERHEAD = 5
+"""Bytes an item takes in a batch body beyond its own (msgpack's bin header)."""
 
 
 class TransportError(RaftError):
@@ -293,29 +298,105 @@ class _Call(PendingCall):
     __slots__ = ("connection", "frame", "request_id")
 
     def __init__(
-        self, deadline: float, connection: _Connection, request_id: int, frame: bytes
+        self, deadline: float, connection: _Connection, request_id: int, frame: bytes | None
     ) -> None:
         super().__init__(deadline)
         self.connection = connection
         self.request_id = request_id
         self.frame = frame
+        """The request's own frame; None for a member of a ``_Batch``."""
 
     def abandon(self) -> None:
-        # Forget the call; if its frame is still queued, it is not sent at all.
-        self.connection.calls.pop(self.request_id, None)
-        self.connection.outbox.discard(self.frame)
+        # Forget the call; if its frame is still queued, it is not sent at all. (A batch
+        # leaves out members that were abandoned before it was encoded.)
+        if self.frame is not None:
+            self.connection.calls.pop(self.request_id, None)
+            self.connection.outbox.discard(self.frame)
+
+
+class _Batch:
+    """Requests of one method, queued behind a busy connection, to go as one (``_batching``).
+
+    The connection's writer encodes it only when it takes it, so requests join it until
+    then. Its members are ``_Call``s without frames; the batch's answer is split among them.
+    """
+
+    __slots__ = ("bodies", "calls", "connection", "method", "request_id", "room")
+
+    def __init__(
+        self, connection: _Connection, method: str, request_id: int, max_frame_bytes: int
+    ) -> None:
+        self.connection = connection
+        self.method = method
+        self.request_id = request_id
+        self.calls: list[_Call] = []
+        """Invariant: once encoded, exactly the calls sent, in the order sent."""
+        self.bodies: list[bytes] = []
+        self.room = max_frame_bytes - _BATCH_FRAME_OVERHEAD
+
+    def add(self, call: _Call, body: bytes) -> bool:
+        """Take ``call`` (with its request ``body``) if there is room; False if not."""
+        cost = len(body) + _BATCH_ITEM_OVERHEAD
+        if cost > self.room or len(self.calls) == MAX_BATCH_REQUESTS:
+            return False
+        self.room -= cost
+        self.calls.append(call)
+        self.bodies.append(body)
+        return True
+
+    def encode(self) -> bytes:
+        connection = self.connection
+        if connection.batches.get(self.method) is self:
+            del connection.batches[self.method]
+        if any(call.finished for call in self.calls):
+            pairs = zip(self.calls, self.bodies, strict=True)
+            kept = [(call, body) for call, body in pairs if not call.finished]
+            self.calls = [call for call, _ in kept]
+            self.bodies = [body for _, body in kept]
+        if not self.calls:
+            connection.calls.pop(self.request_id, None)
+            return b""
+        if len(self.calls) == 1:
+            request = Request(request_id=self.request_id, method=self.method, body=self.bodies[0])
+        else:
+            request = Request(
+                request_id=self.request_id,
+                method=BATCH_METHOD_OF[self.method],
+                body=encode_batch_body(self.bodies),
+            )
+        self.bodies = []
+        return encode_frame(request)
+
+    def finish(self, response: object = None, failure: str | None = None) -> None:
+        """Give each member its share of the batch's ``response`` (or the ``failure``)."""
+        calls = self.calls
+        if not isinstance(response, Response) or len(calls) == 1 or not response.ok:
+            # A refusal (ok=False) is every member's answer.
+            for call in calls:
+                call.finish(response, failure)
+            return
+        answers = decode_batch_answer(response.body, len(calls))
+        if answers is None:
+            for call in calls:
+                call.finish(failure="the node's answer to a batch is malformed")
+            return
+        request_id = response.request_id
+        for call, (ok, body) in zip(calls, answers, strict=True):
+            call.finish(Response(request_id=request_id, ok=ok, body=body))
 
 
 class _Connection:
     """One pooled connection: its pending calls and the frames waiting to be written."""
 
-    __slots__ = ("address", "calls", "failure", "outbox", "ready", "scope")
+    __slots__ = ("address", "batches", "calls", "failure", "outbox", "ready", "scope")
 
     def __init__(self, address: str, connect_deadline: float) -> None:
         self.address = address
-        self.calls: dict[int, _Call] = {}
-        """Invariant: the calls whose request may be on this connection and whose caller
-        still waits; each is failed when the connection fails."""
+        self.calls: dict[int, _Call | _Batch] = {}
+        """Invariant: the calls (and batches) whose request may be on this connection and
+        whose caller still waits; each is failed when the connection fails."""
+        self.batches: dict[str, _Batch] = {}
+        """The batch of each method that requests may still join (queued, not encoded)."""
         self.outbox = Outbox()
         """Frames for the writer task, oldest first."""
         self.ready = trio.Event()
@@ -334,6 +415,7 @@ class _Connection:
         for call in self.calls.values():
             call.finish(failure=self.failure)
         self.calls.clear()
+        self.batches.clear()
         self.outbox.clear()
         self.scope.cancel()
 
@@ -398,7 +480,11 @@ class RpcClient:
         return RpcClientStatistics(
             connections=len(self._pool),
             connects=self._connects,
-            pending_requests=sum(len(c.calls) for c in self._pool.values()),
+            pending_requests=sum(
+                len(call.calls) if isinstance(call, _Batch) else 1
+                for connection in self._pool.values()
+                for call in connection.calls.values()
+            ),
         )
 
     async def request(
@@ -431,8 +517,11 @@ class RpcClient:
             parse_address(address, field_name="address")
         request_id = self._next_request_id
         self._next_request_id = (request_id + 1) & (2**63 - 1)
-        frame = encode_frame(Request(request_id=request_id, method=method, body=body))
-        check_frame_size(frame, self._max_frame_bytes, f"a {method} request")
+        frame: bytes | None = None
+        batchable = method in BATCH_METHOD_OF and len(body) <= self._max_frame_bytes // 2
+        if not batchable:
+            frame = encode_frame(Request(request_id=request_id, method=method, body=body))
+            check_frame_size(frame, self._max_frame_bytes, f"a {method} request")
         nursery = self._nursery
         if nursery is None or self._closed:
             raise TransportError(address, "the RPC client is not running")
@@ -445,9 +534,15 @@ class RpcClient:
                 raise TransportError(address, timeout_reason(seconds))
         if connection.failure is not None:
             raise TransportError(address, connection.failure)
+        if frame is None and connection.outbox.writes_now():
+            # Nothing to wait behind: alone, it goes out at once.
+            frame = encode_frame(Request(request_id=request_id, method=method, body=body))
         call = _Call(deadline, connection, request_id, frame)
-        connection.calls[request_id] = call
-        connection.outbox.put(frame)
+        if frame is None:
+            self._join_batch(connection, method, call, body)
+        else:
+            connection.calls[request_id] = call
+            connection.outbox.put(frame)
         self._deadlines.watch(call, nursery)
         await call.wait()
         response = call.response
@@ -485,6 +580,18 @@ class RpcClient:
         elif not connection.ready.is_set():
             connection.scope.deadline = max(connection.scope.deadline, deadline)
         return connection
+
+    def _join_batch(self, connection: _Connection, method: str, call: _Call, body: bytes) -> None:
+        """Queue ``call`` in the connection's open batch for ``method`` (or a new one)."""
+        batch = connection.batches.get(method)
+        if batch is None or not batch.add(call, body):
+            request_id = self._next_request_id
+            self._next_request_id = (request_id + 1) & (2**63 - 1)
+            batch = _Batch(connection, method, request_id, self._max_frame_bytes)
+            batch.add(call, body)
+            connection.batches[method] = batch
+            connection.calls[request_id] = batch
+            connection.outbox.put_later(batch)
 
     def _forget(self, connection: _Connection, reason: str) -> None:
         connection.fail(reason)

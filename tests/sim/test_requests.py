@@ -104,3 +104,98 @@ async def test_the_leader_answers_commands_without_a_task_and_says_unknown_when_
         assert leader._start_request("c", Request(request_id=4, method="apply", body=b"x"), reply)
         await wait_for_replies(3)
         assert replies[2][0] == "unknown"
+
+
+def batch_answers(response: Response) -> list[list[object]]:
+    """A batch answer's per-command answers, each decoded."""
+    assert response.ok, response.body
+    return [msgpack.unpackb(body) for _, body in msgpack.unpackb(response.body)]
+
+
+async def test_a_batch_is_carried_out_command_by_command_in_order(autojump_clock: object) -> None:
+    """Reference: ``_batching``: one answer per command, each as if it had come alone."""
+    async with open_memory_cluster(3, seed=46) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(i for i in cluster.node_ids if i != leader.id)
+        client = cluster.network.client("client-1")
+        first = msgpack.packb([b"a", b"b", b"c"])
+        response = await client.request(
+            cluster.address_of(leader.id), "apply_batch", first, timeout=5
+        )
+        assert batch_answers(response) == [["ok", 1], ["ok", 2], ["ok", 3]]
+        # A follower forwards the whole batch to its leader.
+        second = msgpack.packb([b"d", b"e"])
+        response = await client.request(
+            cluster.address_of(follower), "apply_batch", second, timeout=5
+        )
+        assert batch_answers(response) == [["ok", 4], ["ok", 5]]
+        await cluster.wait_applied(leader.status().commit_index)
+        for machine in cluster.state_machines.values():
+            assert machine.commands == [b"a", b"b", b"c", b"d", b"e"]  # type: ignore[attr-defined]
+
+
+async def test_a_refused_command_does_not_stop_the_rest_of_its_batch(
+    autojump_clock: object,
+) -> None:
+    async with open_memory_cluster(3, seed=47) as cluster:
+        leader = await cluster.wait_for_leader()
+        client = cluster.network.client("client-1")
+        address = cluster.address_of(leader.id)
+        too_large = b"x" * leader.config.max_frame_bytes
+        body = msgpack.packb([b"fine", too_large, b"also fine"])
+        # The batch is larger than a frame here, so hand it to the node directly.
+        response = await leader._handle_request(
+            "client-1", Request(request_id=7, method="apply_batch", body=body)
+        )
+        answers = batch_answers(response)
+        assert answers[0][0] == "ok" and answers[2][0] == "ok"
+        assert answers[1][0] == "failed" and "exceeds the limit" in str(answers[1][1])
+        submits = msgpack.packb([msgpack.packb(["c1", 1, b"once"]), b"not a submit"])
+        response = await client.request(address, "submit_batch", submits, timeout=5)
+        assert batch_answers(response) == [["ok", 3], ["failed", "malformed submit request"]]
+        for malformed in (b"", msgpack.packb([]), msgpack.packb(["not bytes"])):
+            response = await client.request(address, "apply_batch", malformed, timeout=5)
+            assert not response.ok and response.body == b"malformed batch request"
+
+
+async def test_a_submitted_batch_applies_each_numbered_command_once(
+    autojump_clock: object,
+) -> None:
+    """Reference: dissertation §6.3, through batches: a repeat in or across batches."""
+    async with open_memory_cluster(3, seed=48) as cluster:
+        leader = await cluster.wait_for_leader()
+        client = cluster.network.client("client-1")
+        address = cluster.address_of(leader.id)
+
+        def submit(sequence: int, command: bytes) -> bytes:
+            return msgpack.packb(["c1", sequence, command, 1])
+
+        body = msgpack.packb([submit(1, b"one"), submit(2, b"two"), submit(1, b"one")])
+        response = await client.request(address, "submit_batch", body, timeout=5)
+        assert batch_answers(response) == [["ok", 1], ["ok", 2], ["ok", 1]]
+        body = msgpack.packb([submit(2, b"two"), submit(3, b"three")])
+        response = await client.request(address, "submit_batch", body, timeout=5)
+        assert batch_answers(response) == [["ok", 2], ["ok", 3]]
+        await cluster.wait_applied(leader.status().commit_index)
+        for machine in cluster.state_machines.values():
+            assert machine.commands == [b"one", b"two", b"three"]  # type: ignore[attr-defined]
+
+
+async def test_a_deposed_leader_says_unknown_for_each_command_of_a_batch(
+    autojump_clock: object,
+) -> None:
+    async with open_memory_cluster(3, seed=49) as cluster:
+        leader = await cluster.wait_for_leader()
+        replies: list[Response] = []
+        replied = trio.Event()
+
+        def reply(response: Response) -> None:
+            replies.append(response)
+            replied.set()
+
+        cluster.network.isolate(leader.id)
+        request = Request(request_id=1, method="apply_batch", body=msgpack.packb([b"x", b"y"]))
+        assert leader._start_request("c", request, reply)
+        with trio.fail_after(30):
+            await replied.wait()
+        assert [answer[0] for answer in batch_answers(replies[0])] == ["unknown", "unknown"]

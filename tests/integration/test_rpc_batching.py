@@ -1,0 +1,212 @@
+"""RpcClient sends "apply"/"submit" requests queued behind a busy connection as one batch."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+import trio
+from test_rpc import CLUSTER, Server
+
+from tinyraft_trio._batching import MAX_BATCH_REQUESTS, decode_batch_body
+from tinyraft_trio._rpc import (
+    Request,
+    Response,
+    TransportError,
+    _Batch,
+    _Call,
+    _Connection,
+    open_rpc_client,
+)
+from tinyraft_trio._wire import FrameDecoder
+
+
+class BatchServer:
+    """A handler that answers each command of a batch with ``answer(body)``; records methods."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+        self.batch_sizes: list[int] = []
+
+    @staticmethod
+    def answer(body: bytes) -> tuple[bool, bytes]:
+        return True, b"done:" + body
+
+    async def handle(self, requester: str, request: Request) -> Response:
+        self.methods.append(request.method)
+        await trio.lowlevel.checkpoint()
+        if request.method.endswith("_batch"):
+            bodies = decode_batch_body(request.body)
+            assert bodies is not None
+            self.batch_sizes.append(len(bodies))
+            answers = [self.answer(body) for body in bodies]
+            return Response(request_id=request.request_id, ok=True, body=msgpack.packb(answers))
+        ok, body = self.answer(request.body)
+        return Response(request_id=request.request_id, ok=ok, body=body)
+
+
+async def ask_many(
+    address: str, method: str, count: int, **client_kw: object
+) -> dict[int, Response | TransportError]:
+    """``count`` concurrent requests; each one's answer (or error) by its number."""
+    results: dict[int, Response | TransportError] = {}
+    async with open_rpc_client(client_id="cli", cluster_id=CLUSTER, **client_kw) as client:  # type: ignore[arg-type]
+
+        async def ask(n: int) -> None:
+            try:
+                results[n] = await client.request(address, method, b"%d" % n, timeout=5)
+            except TransportError as exc:
+                results[n] = exc
+
+        async with trio.open_nursery() as requests:
+            for n in range(count):
+                requests.start_soon(ask, n)
+        assert client.statistics().pending_requests == 0
+    return results
+
+
+@pytest.mark.parametrize("method", ["apply", "submit"])
+async def test_requests_queued_behind_a_busy_connection_go_as_batches(method: str) -> None:
+    server_logic = BatchServer()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=server_logic.handle).start(nursery)
+            results = await ask_many(server.address, method, 3000)
+            nursery.cancel_scope.cancel()
+    assert {n: r.body for n, r in results.items() if isinstance(r, Response)} == {
+        n: b"done:%d" % n for n in range(3000)
+    }
+    assert f"{method}_batch" in server_logic.methods
+    assert len(server_logic.methods) < 300
+    assert max(server_logic.batch_sizes) <= MAX_BATCH_REQUESTS
+
+
+async def test_other_methods_are_never_batched() -> None:
+    server_logic = BatchServer()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=server_logic.handle).start(nursery)
+            results = await ask_many(server.address, "query", 200)
+            nursery.cancel_scope.cancel()
+    assert server_logic.methods == ["query"] * 200
+    assert all(isinstance(r, Response) and r.ok for r in results.values())
+
+
+async def test_a_batch_refused_as_a_whole_gives_each_caller_the_refusal() -> None:
+    async def refuse(requester: str, request: Request) -> Response:
+        await trio.lowlevel.checkpoint()
+        return Response(request_id=request.request_id, ok=False, body=b"no leader here")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=refuse).start(nursery)
+            results = await ask_many(server.address, "apply", 500)
+            nursery.cancel_scope.cancel()
+    assert all(
+        isinstance(r, Response) and not r.ok and r.body == b"no leader here"
+        for r in results.values()
+    )
+
+
+async def test_a_malformed_batch_answer_fails_each_caller_as_unknown() -> None:
+    async def garble(requester: str, request: Request) -> Response:
+        await trio.lowlevel.checkpoint()
+        body = msgpack.packb(["not", "pairs"]) if request.method == "apply_batch" else b"one"
+        return Response(request_id=request.request_id, ok=True, body=body)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=garble).start(nursery)
+            results = await ask_many(server.address, "apply", 500)
+            nursery.cancel_scope.cancel()
+    failed = [r for r in results.values() if isinstance(r, TransportError)]
+    assert failed, "some requests should have gone in a batch"
+    assert all("answer to a batch is malformed" in r.reason for r in failed)
+    assert all(r.body == b"one" for r in results.values() if isinstance(r, Response))
+
+
+async def test_a_lost_connection_fails_every_caller_of_a_batch() -> None:
+    arrived = trio.Event()
+
+    async def hang(requester: str, request: Request) -> Response:
+        if request.method == "apply_batch":
+            arrived.set()
+        await trio.sleep_forever()
+        raise AssertionError
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await Server(handler=hang).start(nursery)
+
+            async def stop_when_a_batch_arrives() -> None:
+                await arrived.wait()
+                await server.stop()
+
+            nursery.start_soon(stop_when_a_batch_arrives)
+            results = await ask_many(server.address, "apply", 500)
+            nursery.cancel_scope.cancel()
+    assert all(isinstance(r, TransportError) for r in results.values())
+
+
+def queued_batch(count: int) -> tuple[_Connection, _Batch, list[_Call]]:
+    """A connection with a batch of ``count`` "apply" calls queued, as ``request`` leaves it."""
+    connection = _Connection("127.0.0.1:1", math.inf)
+    batch = _Batch(connection, "apply", 77, max_frame_bytes=1 << 20)
+    connection.batches["apply"] = batch
+    connection.calls[77] = batch
+    calls = [_Call(math.inf, connection, n, frame=None) for n in range(count)]
+    for n, call in enumerate(calls):
+        assert batch.add(call, b"%d" % n)
+    return connection, batch, calls
+
+
+def decode_frame(frame: bytes) -> Request:
+    (request,) = FrameDecoder(1 << 20).feed(frame)
+    assert isinstance(request, Request)
+    return request
+
+
+def test_callers_that_gave_up_before_their_batch_is_written_are_left_out() -> None:
+    connection, batch, calls = queued_batch(4)
+    for call in calls[1::2]:
+        call.finished = True  # what giving up (cancellation or deadline) does to a call
+    request = decode_frame(batch.encode())
+    assert (request.request_id, request.method) == (77, "apply_batch")
+    assert decode_batch_body(request.body) == [b"0", b"2"]
+    assert "apply" not in connection.batches  # encoded: later requests start a new batch
+    answers = msgpack.packb([[True, b"zero"], [False, b"two"]])
+    batch.finish(Response(request_id=77, ok=True, body=answers))
+    assert [(c.response.ok, c.response.body) for c in calls[::2]] == [  # type: ignore[union-attr]
+        (True, b"zero"),
+        (False, b"two"),
+    ]
+
+
+def test_a_batch_left_with_one_caller_goes_as_a_plain_request() -> None:
+    _, batch, calls = queued_batch(3)
+    calls[0].finished = calls[2].finished = True
+    request = decode_frame(batch.encode())
+    assert (request.request_id, request.method, request.body) == (77, "apply", b"1")
+    batch.finish(Response(request_id=77, ok=True, body=b"plain"))
+    assert calls[1].response == Response(request_id=77, ok=True, body=b"plain")
+
+
+def test_a_batch_whose_callers_all_gave_up_is_not_sent() -> None:
+    connection, batch, calls = queued_batch(2)
+    for call in calls:
+        call.finished = True
+    assert batch.encode() == b""
+    assert connection.calls == {} and connection.batches == {}
+
+
+def test_a_full_batch_takes_no_more() -> None:
+    connection = _Connection("127.0.0.1:1", math.inf)
+    batch = _Batch(connection, "apply", 1, max_frame_bytes=4096)
+    call = _Call(math.inf, connection, 2, frame=None)
+    assert not batch.add(call, b"x" * 4000)  # beyond the frame's room
+    assert batch.add(call, b"x" * 3000)
+    assert not batch.add(call, b"x" * 1000)
+    batch = _Batch(connection, "apply", 3, max_frame_bytes=1 << 20)
+    assert all(batch.add(call, b"") for _ in range(MAX_BATCH_REQUESTS))
+    assert not batch.add(call, b"")  # beyond the count
