@@ -130,63 +130,64 @@ class _Waiter:
             self.done.set()
 
 
-_Answerer = Callable[["Request", object, "BaseException | None"], "Response"]
-"""Turns an entry's outcome (result or error) into the answer to the request behind it."""
+_Outcome = Callable[[object, "BaseException | None"], tuple[bool, bytes]]
+"""Turns an entry's outcome (result or error) into an answer's ``(ok, body)``."""
 
 
 class _Reply:
     """A client's request waiting, without a task, for its entry to be applied."""
 
-    __slots__ = ("answer", "reply", "request", "term")
+    __slots__ = ("outcome", "reply", "request", "term")
 
     def __init__(
         self,
         term: Term,
         request: Request,
-        answer: _Answerer,
+        outcome: _Outcome,
         reply: Callable[[Response], None],
     ) -> None:
         self.term = term
         self.request = request
-        self.answer = answer
+        self.outcome = outcome
         self.reply = reply
 
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        self.reply(self.answer(self.request, result, error))
+        ok, body = self.outcome(result, error)
+        self.reply(Response(request_id=self.request.request_id, ok=ok, body=body))
 
 
 class _BatchReply:
     """A batch request (see ``_batching``) waiting, without a task, for all its answers."""
 
-    __slots__ = ("answers", "remaining", "reply", "request")
+    __slots__ = ("answers", "remaining", "reply", "request_id")
 
-    def __init__(self, request: Request, count: int, reply: Callable[[Response], None]) -> None:
-        self.request = request
+    def __init__(self, request_id: int, count: int, reply: Callable[[Response], None]) -> None:
+        self.request_id = request_id
         self.answers: list[tuple[bool, bytes]] = [(False, b"")] * count
         self.remaining = count
         self.reply = reply
 
-    def set(self, position: int, response: Response) -> None:
-        self.answers[position] = (response.ok, response.body)
+    def set(self, position: int, answer: tuple[bool, bytes]) -> None:
+        self.answers[position] = answer
         self.remaining -= 1
         if self.remaining == 0:
             body = encode_batch_answer(self.answers)
-            self.reply(Response(request_id=self.request.request_id, ok=True, body=body))
+            self.reply(Response(request_id=self.request_id, ok=True, body=body))
 
 
 class _BatchPart:
     """One command of a batch request, waiting for its entry to be applied."""
 
-    __slots__ = ("answer", "batch", "position", "term")
+    __slots__ = ("batch", "outcome", "position", "term")
 
-    def __init__(self, term: Term, batch: _BatchReply, position: int, answer: _Answerer) -> None:
+    def __init__(self, term: Term, batch: _BatchReply, position: int, outcome: _Outcome) -> None:
         self.term = term
         self.batch = batch
         self.position = position
-        self.answer = answer
+        self.outcome = outcome
 
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        self.batch.set(self.position, self.answer(self.batch.request, result, error))
+        self.batch.set(self.position, self.outcome(result, error))
 
 
 class RaftNode:
@@ -1140,18 +1141,18 @@ class RaftNode:
             if len(request.body) > self.config.max_frame_bytes - 4096:
                 return False  # refused by the handler
             entry = core.propose(request.body)
-            answer: _Answerer = _apply_answer
+            outcome: _Outcome = _apply_outcome
         elif request.method == "submit":
             data = _session_entry_data(request.body)
             if data is None:
                 return False  # refused by the handler
             entry = core.propose(data, EntryKind.SESSION)
-            answer = _submit_answer
+            outcome = _submit_outcome
         elif request.method in SINGLE_METHOD_OF:
             return self._start_batch(core, request, reply)
         else:
             return False
-        self._waiters[entry.index] = _Reply(entry.term, request, answer, reply)
+        self._waiters[entry.index] = _Reply(entry.term, request, outcome, reply)
         self._after_propose(core)
         return True
 
@@ -1168,19 +1169,18 @@ class RaftNode:
             if any(len(body) > limit for body in bodies):
                 return False  # the handler refuses those and applies the rest
             proposals = [(body, EntryKind.COMMAND) for body in bodies]
-            answer: _Answerer = _apply_answer
+            outcome: _Outcome = _apply_outcome
         else:
             for body in bodies:
                 data = _session_entry_data(body)
                 if data is None:
                     return False  # the handler refuses those and applies the rest
                 proposals.append((data, EntryKind.SESSION))
-            answer = _submit_answer
-        batch = _BatchReply(request, len(proposals), reply)
+            outcome = _submit_outcome
+        batch = _BatchReply(request.request_id, len(proposals), reply)
         waiters = self._waiters
-        for position, (data, kind) in enumerate(proposals):
-            entry = core.propose(data, kind)
-            waiters[entry.index] = _BatchPart(entry.term, batch, position, answer)
+        for position, entry in enumerate(core.propose_many(proposals)):
+            waiters[entry.index] = _BatchPart(entry.term, batch, position, outcome)
         self._after_propose(core)
         return True
 
@@ -1563,16 +1563,23 @@ def _error(request: Request, message: str) -> Response:
     return Response(request_id=request.request_id, ok=False, body=message.encode())
 
 
-def _apply_answer(request: Request, result: object, error: BaseException | None) -> Response:
+def _apply_outcome(result: object, error: BaseException | None) -> tuple[bool, bytes]:
     """The answer to an "apply" whose entry was applied (or whose outcome became unknown)."""
     if isinstance(error, LeadershipLostError | NodeClosedError):
-        return _answer(request, ["unknown", str(error)])
+        return _answer_pair(["unknown", str(error)])
     if error is not None:  # the state machine raised: applied, and this is its result
-        return _answer(request, ["error", type(error).__name__, str(error)])
+        return _answer_pair(["error", type(error).__name__, str(error)])
+    if result is None:
+        return _OK_NONE
     try:
-        return _answer(request, ["ok", result])
+        return _answer_pair(["ok", result])
     except TypeError:
-        return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+        return _answer_pair(["error", "TypeError", "the result is not msgpack-encodable"])
+
+
+def _apply_answer(request: Request, result: object, error: BaseException | None) -> Response:
+    ok, body = _apply_outcome(result, error)
+    return Response(request_id=request.request_id, ok=ok, body=body)
 
 
 def _session_entry_data(body: bytes) -> bytes | None:
@@ -1596,16 +1603,30 @@ def _session_entry_data(body: bytes) -> bytes | None:
     return encode_command(client_id, sequence, first_outstanding, int(time.time() * 1000), command)
 
 
-def _submit_answer(request: Request, outcome: object, error: BaseException | None) -> Response:
+def _submit_outcome(outcome: object, error: BaseException | None) -> tuple[bool, bytes]:
     """The answer to a "submit" whose session entry was applied (or became unknown)."""
     if error is not None:  # leadership lost, or the node closed
-        return _answer(request, ["unknown", str(error)])
+        return _answer_pair(["unknown", str(error)])
     kind, value = cast("tuple[str, Any]", outcome)
     if kind == "ok":
-        return _answer(request, ["ok", value])
-    return _answer(request, ["error", *value])
+        return _OK_NONE if value is None else _answer_pair(["ok", value])
+    return _answer_pair(["error", *value])
+
+
+def _submit_answer(request: Request, outcome: object, error: BaseException | None) -> Response:
+    ok, body = _submit_outcome(outcome, error)
+    return Response(request_id=request.request_id, ok=ok, body=body)
 
 
 def _answer(request: Request, value: list[object]) -> Response:
+    ok, body = _answer_pair(value)
+    return Response(request_id=request.request_id, ok=ok, body=body)
+
+
+def _answer_pair(value: list[object]) -> tuple[bool, bytes]:
+    """An answer's ``(ok, body)``: ok for a command that ran ("ok", "error"), not otherwise."""
     body: bytes = msgpack.packb(value)
-    return Response(request_id=request.request_id, ok=value[0] in ("ok", "error"), body=body)
+    return value[0] in ("ok", "error"), body
+
+
+_OK_NONE = _answer_pair(["ok", None])

@@ -43,6 +43,10 @@ def test_entries_must_be_contiguous() -> None:
         log.append([Entry(term=1, index=4)])
     with pytest.raises(ValueError):
         log.append([Entry(term=1, index=2)])
+    # A run with a gap is refused as a whole: nothing of it is appended.
+    with pytest.raises(ValueError):
+        log.append([Entry(term=1, index=3), Entry(term=1, index=5)])
+    assert log.last_index == 2
 
 
 def test_slice_is_half_open_and_clamped() -> None:

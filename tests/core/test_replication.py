@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tinyraft_trio._core._messages import AppendEntries, AppendEntriesResponse
 from tinyraft_trio._core._progress import Progress, ReplicationState
 from tinyraft_trio._core._state import RaftCore
-from tinyraft_trio._core._types import Entry
+from tinyraft_trio._core._types import Entry, EntryKind
 
 from .helpers import (
     Cluster,
@@ -372,3 +374,19 @@ def test_reordered_and_duplicated_appends_converge() -> None:
         assert cluster[node].commit_index == 7
     assert cluster.deliver(of_type(AppendEntriesResponse)) == 0
     cluster.check_log_matching()
+
+
+def test_propose_many_appends_entries_of_the_current_term_in_order() -> None:
+    """Reference: §5.3 (the leader appends each command to its log as a new entry)."""
+    leader = replicating_leader()
+    entries = leader.propose_many([(b"x", EntryKind.COMMAND), (b"y", EntryKind.SESSION)])
+    assert [(e.index, e.term, e.kind, e.data) for e in entries] == [
+        (2, leader.current_term, EntryKind.COMMAND, b"x"),
+        (3, leader.current_term, EntryKind.SESSION, b"y"),
+    ]
+    assert leader.log.slice(2, 4) == entries
+    assert leader.propose(b"z").index == 4
+    assert leader.propose_many([]) == []
+    follower = make_core("b")
+    with pytest.raises(RuntimeError):
+        follower.propose_many([(b"x", EntryKind.COMMAND)])

@@ -110,11 +110,15 @@ class RaftLog:
         )
 
     def append(self, entries: Iterable[Entry]) -> None:
-        """Append entries that must continue the log exactly."""
+        """Append entries that must continue the log exactly (all of them, or none)."""
+        entries = list(entries)
+        expected = self.last_index + 1
         for entry in entries:
-            if entry.index != self.last_index + 1:
-                raise ValueError(f"entry {entry.index} does not follow {self.last_index}")
-            self._entries.append(entry)
+            if entry.index != expected:
+                raise ValueError(f"entry {entry.index} does not follow {expected - 1}")
+            expected += 1
+        if entries:
+            self._entries.extend(entries)
             self._dirty = True
 
     def truncate_from(self, index: Index) -> None:

@@ -332,13 +332,23 @@ class RaftCore:
 
     def propose(self, data: bytes, kind: EntryKind = EntryKind.COMMAND) -> Entry:
         """Leader only: append a new entry of the current term to the log (§5.3)."""
+        (entry,) = self.propose_many(((data, kind),))
+        return entry
+
+    def propose_many(self, proposals: Iterable[tuple[bytes, EntryKind]]) -> list[Entry]:
+        """Leader only: ``propose`` each ``(data, kind)`` in order; the new entries."""
         if self.role is not Role.LEADER:
             raise RuntimeError("propose() called on a node that is not the leader")
-        entry = Entry(term=self.current_term, index=self.log.last_index + 1, kind=kind, data=data)
-        self.log.append((entry,))
-        if self._configs.appended((entry,)):
+        term = self.current_term
+        first = self.log.last_index + 1
+        entries = [
+            Entry(term=term, index=index, kind=kind, data=data)
+            for index, (data, kind) in enumerate(proposals, start=first)
+        ]
+        self.log.append(entries)
+        if self._configs.appended(entries):
             self._configuration_changed()
-        return entry
+        return entries
 
     def start_read(self) -> tuple[int, Index] | None:
         """Leader only: begin a linearizable read (ReadIndex, dissertation §6.4).
