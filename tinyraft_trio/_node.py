@@ -19,13 +19,26 @@ import functools
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Protocol
 
 import msgpack
 import trio
 
+from ._answers import (
+    BatchPart,
+    BatchReply,
+    Outcome,
+    Reply,
+    Waiter,
+    answer,
+    apply_answer,
+    apply_outcome,
+    error_answer,
+    session_entry_data,
+    submit_answer,
+    submit_outcome,
+)
 from ._batching import SINGLE_METHOD_OF, decode_batch_body, encode_batch_answer
 from ._config import RaftConfig, check_node_id, parse_address
 from ._core._messages import Message
@@ -55,7 +68,6 @@ from ._rpc import Request, Response, TransportError
 from ._sessions import (
     SessionTable,
     StaleSequenceError,
-    encode_command,
     unwrap_snapshot,
     wrap_snapshot,
 )
@@ -113,83 +125,6 @@ class _Replicator:
         self.scope = trio.CancelScope()
 
 
-class _Waiter:
-    """A caller of ``apply`` waiting for its entry to be applied."""
-
-    __slots__ = ("done", "error", "result", "term")
-
-    def __init__(self, term: Term) -> None:
-        self.term = term
-        self.done = trio.Event()
-        self.result: object = None
-        self.error: BaseException | None = None
-
-    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
-
-
-_Outcome = Callable[[object, "BaseException | None"], tuple[bool, bytes]]
-"""Turns an entry's outcome (result or error) into an answer's ``(ok, body)``."""
-
-
-class _Reply:
-    """A client's request waiting, without a task, for its entry to be applied."""
-
-    __slots__ = ("outcome", "reply", "request", "term")
-
-    def __init__(
-        self,
-        term: Term,
-        request: Request,
-        outcome: _Outcome,
-        reply: Callable[[Response], None],
-    ) -> None:
-        self.term = term
-        self.request = request
-        self.outcome = outcome
-        self.reply = reply
-
-    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        ok, body = self.outcome(result, error)
-        self.reply(Response(request_id=self.request.request_id, ok=ok, body=body))
-
-
-class _BatchReply:
-    """A batch request (see ``_batching``) waiting, without a task, for all its answers."""
-
-    __slots__ = ("answers", "remaining", "reply", "request_id")
-
-    def __init__(self, request_id: int, count: int, reply: Callable[[Response], None]) -> None:
-        self.request_id = request_id
-        self.answers: list[tuple[bool, bytes]] = [(False, b"")] * count
-        self.remaining = count
-        self.reply = reply
-
-    def set(self, position: int, answer: tuple[bool, bytes]) -> None:
-        self.answers[position] = answer
-        self.remaining -= 1
-        if self.remaining == 0:
-            body = encode_batch_answer(self.answers)
-            self.reply(Response(request_id=self.request_id, ok=True, body=body))
-
-
-class _BatchPart:
-    """One command of a batch request, waiting for its entry to be applied."""
-
-    __slots__ = ("batch", "outcome", "position", "term")
-
-    def __init__(self, term: Term, batch: _BatchReply, position: int, outcome: _Outcome) -> None:
-        self.term = term
-        self.batch = batch
-        self.position = position
-        self.outcome = outcome
-
-    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        self.batch.set(self.position, self.outcome(result, error))
-
-
 class RaftNode:
     """One running Raft node. Obtain it from ``open_raft_node``; do not construct it directly."""
 
@@ -218,7 +153,7 @@ class RaftNode:
         self._closed = False
         self._ignored_messages = 0
         self._last_applied: Index = 0
-        self._waiters: dict[Index, _Waiter | _Reply | _BatchPart] = {}
+        self._waiters: dict[Index, Waiter | Reply | BatchPart] = {}
         self._ready_signal = _Signal()
         self._ready_loop_waiting = False
         self._apply_signal = _Signal()
@@ -312,21 +247,21 @@ class RaftNode:
             response = await self._transport.request(
                 address, "apply", command, timeout=self._forward_timeout
             )
-            answer = msgpack.unpackb(response.body)
+            decoded = msgpack.unpackb(response.body)
         except TransportError as exc:
             raise LeadershipLostError(f"forwarded to the leader, no answer: {exc}") from None
         except Exception:
             raise LeadershipLostError("the leader's answer could not be read") from None
-        kind = answer[0] if isinstance(answer, list) and answer else None
+        kind = decoded[0] if isinstance(decoded, list) and decoded else None
         if kind == "ok":
-            return answer[1]
+            return decoded[1]
         if kind == "error":
-            raise CommandFailedError(str(answer[1]), str(answer[2]))
+            raise CommandFailedError(str(decoded[1]), str(decoded[2]))
         if kind == "not_leader":
-            raise NotLeaderError(answer[1], answer[2])
+            raise NotLeaderError(decoded[1], decoded[2])
         if kind == "failed":
-            raise RaftError(f"the leader refused the command: {answer[1]}")
-        raise LeadershipLostError(f"forwarded to the leader, outcome unknown: {answer[1:]}")
+            raise RaftError(f"the leader refused the command: {decoded[1]}")
+        raise LeadershipLostError(f"forwarded to the leader, outcome unknown: {decoded[1:]}")
 
     async def add_member(self, node_id: NodeId, address: str, *, voter: bool = True) -> None:
         """Add ``node_id`` at ``address`` to the cluster (leader only).
@@ -529,13 +464,13 @@ class RaftNode:
             )
         except TransportError as exc:
             raise LeadershipLostError(f"could not reach the leader for a read: {exc}") from None
-        answer = msgpack.unpackb(response.body)
-        if answer[0] == "ok":
-            index: Index = answer[1]
+        decoded = msgpack.unpackb(response.body)
+        if decoded[0] == "ok":
+            index: Index = decoded[1]
             return index
-        if answer[0] == "not_leader":
-            raise NotLeaderError(answer[1], answer[2])
-        raise LeadershipLostError(f"the leader could not confirm a read: {answer[1:]}")
+        if decoded[0] == "not_leader":
+            raise NotLeaderError(decoded[1], decoded[2])
+        raise LeadershipLostError(f"the leader could not confirm a read: {decoded[1:]}")
 
     async def wait_for_leader(self) -> NodeId:
         """Wait until this node knows a leader, and return its id.
@@ -637,7 +572,7 @@ class RaftNode:
         return core
 
     async def _wait_applied_entry(self, entry: Entry) -> object:
-        waiter = _Waiter(entry.term)
+        waiter = Waiter(entry.term)
         self._waiters[entry.index] = waiter
         self._after_core()
         try:
@@ -1072,7 +1007,7 @@ class RaftNode:
         if request.method == "status":
             await trio.lowlevel.checkpoint()
             return Response(request_id=request.request_id, ok=True, body=self._status_body())
-        return _error(request, f"unknown method {request.method!r}")
+        return error_answer(request, f"unknown method {request.method!r}")
 
     async def _answer_apply(self, request: Request) -> Response:
         """Apply a client's command on the leader; a follower forwards it there.
@@ -1088,12 +1023,12 @@ class RaftNode:
         try:
             result = await self.apply(request.body)
         except NotLeaderError as exc:
-            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except (StorageFailedError, ValueError, TypeError) as exc:
-            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+            return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
         except Exception as exc:
-            return _apply_answer(request, None, exc)
-        return _apply_answer(request, result, None)
+            return apply_answer(request, None, exc)
+        return apply_answer(request, result, None)
 
     async def _answer_batch(self, requester: str, request: Request) -> Response:
         """Carry out each command of a batch request as if it had come alone (``_batching``).
@@ -1103,7 +1038,7 @@ class RaftNode:
         """
         bodies = decode_batch_body(request.body)
         if bodies is None:
-            return _error(request, "malformed batch request")
+            return error_answer(request, "malformed batch request")
         if self._running_core().role is not Role.LEADER:
             return await self._forward(request)
         method = SINGLE_METHOD_OF[request.method]
@@ -1141,18 +1076,18 @@ class RaftNode:
             if len(request.body) > self.config.max_frame_bytes - 4096:
                 return False  # refused by the handler
             entry = core.propose(request.body)
-            outcome: _Outcome = _apply_outcome
+            outcome: Outcome = apply_outcome
         elif request.method == "submit":
-            data = _session_entry_data(request.body)
+            data = session_entry_data(request.body)
             if data is None:
                 return False  # refused by the handler
             entry = core.propose(data, EntryKind.SESSION)
-            outcome = _submit_outcome
+            outcome = submit_outcome
         elif request.method in SINGLE_METHOD_OF:
             return self._start_batch(core, request, reply)
         else:
             return False
-        self._waiters[entry.index] = _Reply(entry.term, request, outcome, reply)
+        self._waiters[entry.index] = Reply(entry.term, request, outcome, reply)
         self._after_propose(core)
         return True
 
@@ -1169,26 +1104,26 @@ class RaftNode:
             if any(len(body) > limit for body in bodies):
                 return False  # the handler refuses those and applies the rest
             proposals = [(body, EntryKind.COMMAND) for body in bodies]
-            outcome: _Outcome = _apply_outcome
+            outcome: Outcome = apply_outcome
         else:
             for body in bodies:
-                data = _session_entry_data(body)
+                data = session_entry_data(body)
                 if data is None:
                     return False  # the handler refuses those and applies the rest
                 proposals.append((data, EntryKind.SESSION))
-            outcome = _submit_outcome
-        batch = _BatchReply(request.request_id, len(proposals), reply)
+            outcome = submit_outcome
+        batch = BatchReply(request.request_id, len(proposals), reply)
         waiters = self._waiters
         for position, entry in enumerate(core.propose_many(proposals)):
-            waiters[entry.index] = _BatchPart(entry.term, batch, position, outcome)
+            waiters[entry.index] = BatchPart(entry.term, batch, position, outcome)
         self._after_propose(core)
         return True
 
     async def _answer_submit(self, request: Request) -> Response:
         """A client's numbered command: applied once, however often it arrives (§6.3)."""
-        data = _session_entry_data(request.body)
+        data = session_entry_data(request.body)
         if data is None:
-            return _answer(request, ["failed", "malformed submit request"])
+            return answer(request, ["failed", "malformed submit request"])
         core = self._running_core()
         if core.role is not Role.LEADER:
             return await self._forward(request)
@@ -1197,12 +1132,12 @@ class RaftNode:
             entry = core.propose(data, EntryKind.SESSION)
             outcome = await self._wait_applied_entry(entry)
         except NotLeaderError as exc:
-            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except (LeadershipLostError, NodeClosedError) as exc:
-            return _submit_answer(request, None, exc)
+            return submit_answer(request, None, exc)
         except StorageFailedError as exc:
-            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
-        return _submit_answer(request, outcome, None)
+            return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+        return submit_answer(request, outcome, None)
 
     async def _answer_query(self, request: Request) -> Response:
         try:
@@ -1210,36 +1145,36 @@ class RaftNode:
             if not isinstance(query, bytes) or not isinstance(stale, bool):
                 raise TypeError
         except Exception:
-            return _answer(request, ["failed", "malformed query request"])
+            return answer(request, ["failed", "malformed query request"])
         try:
             result = await self.query(query, stale=stale)
         except NotLeaderError as exc:
-            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except (LeadershipLostError, NodeClosedError) as exc:
-            return _answer(request, ["unknown", str(exc)])
+            return answer(request, ["unknown", str(exc)])
         except RaftError as exc:
-            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+            return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
         except Exception as exc:
-            return _answer(request, ["error", type(exc).__name__, str(exc)])
+            return answer(request, ["error", type(exc).__name__, str(exc)])
         try:
-            return _answer(request, ["ok", result])
+            return answer(request, ["ok", result])
         except TypeError:
-            return _answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+            return answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
 
     async def _answer_read_index(self, request: Request) -> Response:
         try:
             index = await self._confirm_read_index()
         except NotLeaderError as exc:
-            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except RaftError as exc:
-            return _answer(request, ["unknown", str(exc)])
-        return _answer(request, ["ok", index])
+            return answer(request, ["unknown", str(exc)])
+        return answer(request, ["ok", index])
 
     async def _answer_members(self, request: Request) -> Response:
         try:
             operation, *arguments = msgpack.unpackb(request.body)
         except Exception:
-            return _answer(request, ["failed", "malformed members request"])
+            return answer(request, ["failed", "malformed members request"])
         core = self._running_core()
         if core.role is not Role.LEADER:
             return await self._forward(request)
@@ -1247,34 +1182,34 @@ class RaftNode:
             if operation == "add":
                 node_id, address, voter = arguments
                 await self.add_member(node_id, address, voter=bool(voter))
-                return _answer(request, ["ok", None])
+                return answer(request, ["ok", None])
             if operation == "remove":
                 (node_id,) = arguments
                 await self.remove_member(node_id)
-                return _answer(request, ["ok", None])
+                return answer(request, ["ok", None])
             if operation == "transfer":
                 (target,) = arguments
-                return _answer(request, ["ok", await self.transfer_leadership(target)])
+                return answer(request, ["ok", await self.transfer_leadership(target)])
         except NotLeaderError as exc:
-            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except (LeadershipLostError, NodeClosedError) as exc:
-            return _answer(request, ["unknown", str(exc)])
+            return answer(request, ["unknown", str(exc)])
         except (RaftError, ValueError, TypeError) as exc:
-            return _answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
-        return _answer(request, ["failed", f"unknown members operation {operation!r}"])
+            return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
+        return answer(request, ["failed", f"unknown members operation {operation!r}"])
 
     async def _forward(self, request: Request) -> Response:
         """Send a request on to the leader (waiting a little for one) and relay its answer."""
         try:
             leader_address = await self._leader_address()
         except NotLeaderError as exc:
-            return _answer(request, ["not_leader", exc.leader_id, exc.leader_address])
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         try:
             response = await self._transport.request(
                 leader_address, request.method, request.body, timeout=self._forward_timeout
             )
         except TransportError as exc:
-            return _answer(request, ["unknown", f"forwarding to the leader failed: {exc}"])
+            return answer(request, ["unknown", f"forwarding to the leader failed: {exc}"])
         return Response(request_id=request.request_id, ok=response.ok, body=response.body)
 
     @property
@@ -1292,7 +1227,7 @@ class RaftNode:
             if not isinstance(address, str) or not isinstance(voter, bool):
                 raise TypeError("bad join request")
         except Exception:
-            return _error(request, "malformed join request")
+            return error_answer(request, "malformed join request")
         core = self._running_core()
         if core.role is Role.LEADER:
             # Answer once the node is a learner: it needs the members' addresses (in the
@@ -1301,7 +1236,7 @@ class RaftNode:
                 current = next((m for m in core.membership.members if m.id == node_id), None)
                 await self.add_member(node_id, address, voter=current is not None and current.voter)
             except RaftError as exc:
-                return _error(request, f"{type(exc).__name__}: {exc}")
+                return error_answer(request, f"{type(exc).__name__}: {exc}")
             if voter and node_id not in self._promoting and self._nursery is not None:
                 self._promoting.add(node_id)
                 self._nursery.start_soon(self._promote, node_id, address)
@@ -1310,13 +1245,13 @@ class RaftNode:
             return Response(request_id=request.request_id, ok=True, body=body)
         leader_address = self._address_of(core.leader_id)
         if core.leader_id is None or not leader_address:
-            return _error(request, "no leader known yet")
+            return error_answer(request, "no leader known yet")
         try:
             response = await self._transport.request(
                 leader_address, "join", request.body, timeout=self._join_request_timeout
             )
         except TransportError as exc:
-            return _error(request, f"could not reach the leader: {exc}")
+            return error_answer(request, f"could not reach the leader: {exc}")
         return Response(request_id=request.request_id, ok=response.ok, body=response.body)
 
     async def _introduce(self, node_id: NodeId, address: str) -> None:
@@ -1557,76 +1492,3 @@ def _members_body(members: tuple[Member, ...]) -> bytes:
     """Every member's id, address and role, for a joining node (msgpack)."""
     body: bytes = msgpack.packb([[m.id, m.address, m.voter] for m in members])
     return body
-
-
-def _error(request: Request, message: str) -> Response:
-    return Response(request_id=request.request_id, ok=False, body=message.encode())
-
-
-def _apply_outcome(result: object, error: BaseException | None) -> tuple[bool, bytes]:
-    """The answer to an "apply" whose entry was applied (or whose outcome became unknown)."""
-    if isinstance(error, LeadershipLostError | NodeClosedError):
-        return _answer_pair(["unknown", str(error)])
-    if error is not None:  # the state machine raised: applied, and this is its result
-        return _answer_pair(["error", type(error).__name__, str(error)])
-    if result is None:
-        return _OK_NONE
-    try:
-        return _answer_pair(["ok", result])
-    except TypeError:
-        return _answer_pair(["error", "TypeError", "the result is not msgpack-encodable"])
-
-
-def _apply_answer(request: Request, result: object, error: BaseException | None) -> Response:
-    ok, body = _apply_outcome(result, error)
-    return Response(request_id=request.request_id, ok=ok, body=body)
-
-
-def _session_entry_data(body: bytes) -> bytes | None:
-    """The session entry for a "submit" request's body, or None if the body is malformed.
-
-    The body is msgpack ``[client_id, sequence, command, first_outstanding?]``; the entry
-    also carries the leader's clock, by which sessions expire.
-    """
-    try:
-        client_id, sequence, command, *rest = msgpack.unpackb(body)
-        first_outstanding = int(rest[0]) if rest else 0
-    except Exception:
-        return None
-    if (
-        not isinstance(client_id, str)
-        or not isinstance(command, bytes)
-        or not isinstance(sequence, int)
-        or sequence < 1
-    ):
-        return None
-    return encode_command(client_id, sequence, first_outstanding, int(time.time() * 1000), command)
-
-
-def _submit_outcome(outcome: object, error: BaseException | None) -> tuple[bool, bytes]:
-    """The answer to a "submit" whose session entry was applied (or became unknown)."""
-    if error is not None:  # leadership lost, or the node closed
-        return _answer_pair(["unknown", str(error)])
-    kind, value = cast("tuple[str, Any]", outcome)
-    if kind == "ok":
-        return _OK_NONE if value is None else _answer_pair(["ok", value])
-    return _answer_pair(["error", *value])
-
-
-def _submit_answer(request: Request, outcome: object, error: BaseException | None) -> Response:
-    ok, body = _submit_outcome(outcome, error)
-    return Response(request_id=request.request_id, ok=ok, body=body)
-
-
-def _answer(request: Request, value: list[object]) -> Response:
-    ok, body = _answer_pair(value)
-    return Response(request_id=request.request_id, ok=ok, body=body)
-
-
-def _answer_pair(value: list[object]) -> tuple[bool, bytes]:
-    """An answer's ``(ok, body)``: ok for a command that ran ("ok", "error"), not otherwise."""
-    body: bytes = msgpack.packb(value)
-    return value[0] in ("ok", "error"), body
-
-
-_OK_NONE = _answer_pair(["ok", None])

@@ -1,0 +1,189 @@
+"""How a node answers commands: the callers waiting for their entries, and the answers' bodies.
+
+A command's answer is a msgpack array: ``["ok", result]``, ``["error", type, message]`` (the
+state machine raised: applied), ``["not_leader", leader_id, address]`` and ``["failed",
+reason]`` (certainly not applied), or ``["unknown", reason]`` (may or may not be applied).
+The response's ``ok`` is true for the first two: the command ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgpack
+import trio
+
+from ._batching import encode_batch_answer
+from ._core._types import Term
+from ._exceptions import LeadershipLostError, NodeClosedError
+from ._rpc import Request, Response
+from ._sessions import encode_command
+
+__all__ = [
+    "BatchPart",
+    "BatchReply",
+    "Outcome",
+    "Reply",
+    "Waiter",
+    "answer",
+    "answer_pair",
+    "apply_answer",
+    "apply_outcome",
+    "error_answer",
+    "session_entry_data",
+    "submit_answer",
+    "submit_outcome",
+]
+
+
+class Waiter:
+    """A caller of ``apply`` waiting for its entry to be applied."""
+
+    __slots__ = ("done", "error", "result", "term")
+
+    def __init__(self, term: Term) -> None:
+        self.term = term
+        self.done = trio.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+Outcome = Callable[[object, "BaseException | None"], tuple[bool, bytes]]
+"""Turns an entry's outcome (result or error) into an answer's ``(ok, body)``."""
+
+
+class Reply:
+    """A client's request waiting, without a task, for its entry to be applied."""
+
+    __slots__ = ("outcome", "reply", "request", "term")
+
+    def __init__(
+        self,
+        term: Term,
+        request: Request,
+        outcome: Outcome,
+        reply: Callable[[Response], None],
+    ) -> None:
+        self.term = term
+        self.request = request
+        self.outcome = outcome
+        self.reply = reply
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        ok, body = self.outcome(result, error)
+        self.reply(Response(request_id=self.request.request_id, ok=ok, body=body))
+
+
+class BatchReply:
+    """A batch request (see ``_batching``) waiting, without a task, for all its answers."""
+
+    __slots__ = ("answers", "remaining", "reply", "request_id")
+
+    def __init__(self, request_id: int, count: int, reply: Callable[[Response], None]) -> None:
+        self.request_id = request_id
+        self.answers: list[tuple[bool, bytes]] = [(False, b"")] * count
+        self.remaining = count
+        self.reply = reply
+
+    def set(self, position: int, answer: tuple[bool, bytes]) -> None:
+        self.answers[position] = answer
+        self.remaining -= 1
+        if self.remaining == 0:
+            body = encode_batch_answer(self.answers)
+            self.reply(Response(request_id=self.request_id, ok=True, body=body))
+
+
+class BatchPart:
+    """One command of a batch request, waiting for its entry to be applied."""
+
+    __slots__ = ("batch", "outcome", "position", "term")
+
+    def __init__(self, term: Term, batch: BatchReply, position: int, outcome: Outcome) -> None:
+        self.term = term
+        self.batch = batch
+        self.position = position
+        self.outcome = outcome
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        self.batch.set(self.position, self.outcome(result, error))
+
+
+def error_answer(request: Request, message: str) -> Response:
+    """A refusal of the request itself (malformed, unknown method): plain text, not ok."""
+    return Response(request_id=request.request_id, ok=False, body=message.encode())
+
+
+def apply_outcome(result: object, error: BaseException | None) -> tuple[bool, bytes]:
+    """The answer to an "apply" whose entry was applied (or whose outcome became unknown)."""
+    if isinstance(error, LeadershipLostError | NodeClosedError):
+        return answer_pair(["unknown", str(error)])
+    if error is not None:  # the state machine raised: applied, and this is its result
+        return answer_pair(["error", type(error).__name__, str(error)])
+    if result is None:
+        return _OK_NONE
+    try:
+        return answer_pair(["ok", result])
+    except TypeError:
+        return answer_pair(["error", "TypeError", "the result is not msgpack-encodable"])
+
+
+def apply_answer(request: Request, result: object, error: BaseException | None) -> Response:
+    ok, body = apply_outcome(result, error)
+    return Response(request_id=request.request_id, ok=ok, body=body)
+
+
+def session_entry_data(body: bytes) -> bytes | None:
+    """The session entry for a "submit" request's body, or None if the body is malformed.
+
+    The body is msgpack ``[client_id, sequence, command, first_outstanding?]``; the entry
+    also carries the leader's clock, by which sessions expire.
+    """
+    try:
+        client_id, sequence, command, *rest = msgpack.unpackb(body)
+        first_outstanding = int(rest[0]) if rest else 0
+    except Exception:
+        return None
+    if (
+        not isinstance(client_id, str)
+        or not isinstance(command, bytes)
+        or not isinstance(sequence, int)
+        or sequence < 1
+    ):
+        return None
+    return encode_command(client_id, sequence, first_outstanding, int(time.time() * 1000), command)
+
+
+def submit_outcome(outcome: object, error: BaseException | None) -> tuple[bool, bytes]:
+    """The answer to a "submit" whose session entry was applied (or became unknown)."""
+    if error is not None:  # leadership lost, or the node closed
+        return answer_pair(["unknown", str(error)])
+    kind, value = cast("tuple[str, Any]", outcome)
+    if kind == "ok":
+        return _OK_NONE if value is None else answer_pair(["ok", value])
+    return answer_pair(["error", *value])
+
+
+def submit_answer(request: Request, outcome: object, error: BaseException | None) -> Response:
+    ok, body = submit_outcome(outcome, error)
+    return Response(request_id=request.request_id, ok=ok, body=body)
+
+
+def answer(request: Request, value: list[object]) -> Response:
+    ok, body = answer_pair(value)
+    return Response(request_id=request.request_id, ok=ok, body=body)
+
+
+def answer_pair(value: list[object]) -> tuple[bool, bytes]:
+    """An answer's ``(ok, body)``: ok for a command that ran ("ok", "error"), not otherwise."""
+    body: bytes = msgpack.packb(value)
+    return value[0] in ("ok", "error"), body
+
+
+_OK_NONE = answer_pair(["ok", None])
