@@ -684,6 +684,7 @@ class RaftNode:
                     self._address_of,
                     handle_request=self._handle_request,
                     start_request=self._start_request,
+                    peer_gone=self._peer_gone,
                 )
                 await nursery.start(serve)
                 nursery.start_soon(self._run_election_timer)
@@ -1448,6 +1449,26 @@ class RaftNode:
         self._election_deadline = deadline
         if self._timer_scope is not None:
             self._timer_scope.deadline = deadline
+
+    def _peer_gone(self, peer_id: NodeId) -> None:
+        """The connection from ``peer_id`` closed. If it was our leader, its process most
+        likely exited: campaign within a heartbeat interval, not a whole election timeout.
+
+        Not in lease read mode: there a leader answers reads alone while its lease lasts,
+        which is only sound if no follower votes for another before the lease is over.
+        """
+        core = self._core
+        if core is None or self._closed or self.config.read_mode == "lease":
+            return
+        if not core.forget_leader(peer_id):
+            return
+        logger.info("%s: connection from leader %s closed; campaigning soon", self.id, peer_id)
+        deadline = trio.current_time() + self._random.random() * self.config.heartbeat_interval
+        if deadline < self._election_deadline:
+            self._election_deadline = deadline
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = deadline
+        self._notify_state_changed()
 
     def _random_election_timeout(self) -> float:
         timeout = self.config.election_timeout

@@ -483,7 +483,7 @@ class RpcClient:
             connections=len(self._pool),
             connects=self._connects,
             pending_requests=sum(
-                len(call.calls) if isinstance(call, _Batch) else 1
+                sum(not member.finished for member in call.calls) if isinstance(call, _Batch) else 1
                 for connection in self._pool.values()
                 for call in connection.calls.values()
             ),

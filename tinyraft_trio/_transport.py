@@ -56,6 +56,10 @@ MessageHandler = Callable[[NodeId, Message], None]
 AddressBook = Callable[[NodeId], "str | None"]
 """Gives the current ``"host:port"`` of a peer, or None if the node does not know it."""
 
+PeerGoneHandler = Callable[[NodeId], None]
+"""Called when a connection that carried Raft messages from a peer is closed by that peer or
+the network (not by us): most often the peer's process exited. A hint only; must not block."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TransportStatistics:
@@ -80,6 +84,7 @@ class Transport(Protocol):
         *,
         handle_request: RequestHandler | None = None,
         start_request: RequestStarter | None = None,
+        peer_gone: PeerGoneHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept peers' connections and deliver their messages; run outbound connections.
@@ -87,6 +92,7 @@ class Transport(Protocol):
         Requests (from peers or clients) are answered by ``handle_request``, each in its
         own task; while it is None they get ``Response(ok=False, body=b"no handler")``.
         ``start_request``, if given, is offered each request first (see ``RequestStarter``).
+        ``peer_gone``, if given, hears of peers whose connection closed (``PeerGoneHandler``).
         Calls ``task_status.started()`` once peers can connect. Never returns; cancelling it
         closes every connection and listener the transport opened.
         """
@@ -309,6 +315,7 @@ class TcpTransport:
         self._deliver: MessageHandler | None = None
         self._handle_request: RequestHandler | None = None
         self._start_request: RequestStarter | None = None
+        self._peer_gone: PeerGoneHandler | None = None
         self._rpc: RpcClient | None = None
         self._address_of: AddressBook | None = None
         self._bound_address: str | None = None
@@ -347,6 +354,7 @@ class TcpTransport:
         *,
         handle_request: RequestHandler | None = None,
         start_request: RequestStarter | None = None,
+        peer_gone: PeerGoneHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen for peers, deliver what they send, and run the outbound connections.
@@ -359,6 +367,8 @@ class TcpTransport:
         nursery (see ``_rpc.RequestHandler``); without it every request is answered
         ``ok=False, body=b"no handler"``. ``start_request``, if given, is offered each
         request first, in the connection's reader (see ``_rpc.RequestStarter``).
+        ``peer_gone`` is called from a connection's task when a connection that delivered
+        messages ends other than by our closing it (``PeerGoneHandler``).
 
         Never returns. When cancelled, every listener, connection and task it opened is
         closed before it exits; messages still queued are counted as dropped. An exception
@@ -386,6 +396,7 @@ class TcpTransport:
             ):
                 self._handle_request = handle_request
                 self._start_request = start_request
+                self._peer_gone = peer_gone
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 self._bound_address = _format_address(listeners[0].socket.getsockname())
                 self._node_id = node_id
@@ -412,6 +423,7 @@ class TcpTransport:
             self._deliver = None
             self._handle_request = None
             self._start_request = None
+            self._peer_gone = None
             self._rpc = None
             self._address_of = None
             self._bound_address = None
@@ -554,6 +566,7 @@ class TcpTransport:
         assert deliver is not None  # connections are only accepted while serving
         handler = self._handle_request
         starter = self._start_request
+        delivered = False
         try:
             while True:
                 for message in messages:
@@ -573,17 +586,21 @@ class TcpTransport:
                     if isinstance(message, Response):
                         raise ProtocolError("a Response on a connection we did not open")
                     self._messages_received += 1
+                    delivered = True
                     deliver(peer_id, message)
                 data = await stream.receive_some(_RECEIVE_BYTES)
                 if not data:
                     logger.debug("%r at %s closed its connection", peer_id, remote)
-                    return
+                    break
                 messages = decoder.feed(data)
         except ProtocolError as exc:
             self._connections_rejected += 1
             logger.warning("rejected connection from %s: %s", remote, exc)
+            return
         except _NETWORK_ERRORS as exc:
             logger.debug("connection from %s failed: %r", remote, exc)
+        if delivered and self._peer_gone is not None:
+            self._peer_gone(peer_id)
 
     async def _answer(
         self,

@@ -203,6 +203,34 @@ def test_each_heartbeat_renews_the_lease() -> None:
     assert follower.current_term == 2
 
 
+def test_a_follower_that_forgets_its_gone_leader_grants_at_once() -> None:
+    """Reference: dissertation §4.2.3 (stickiness protects a live leader; one whose
+    connection closed is most likely gone, and waiting out the lease only delays failover)."""
+    follower = make_core("a", term=2)
+    follower.handle_message("b", append_entries(term=2, leader="b"), 10.0)
+    follower.take_ready()
+    assert not follower.forget_leader("c")  # not its leader: nothing changes
+    assert follower.leader_id == "b"
+    assert follower.forget_leader("b")
+    assert follower.leader_id is None
+    assert not follower.forget_leader("b")  # already forgotten
+    answer = only_reply(follower, "c", vote_request(term=3, candidate="c", pre_vote=True), 10.1)
+    assert answer == pre_grant(3)
+    # Hearing from the leader again restores it, and its lease.
+    follower.handle_message("b", append_entries(term=2, leader="b"), 10.2)
+    follower.take_ready()
+    assert follower.leader_id == "b"
+    follower.handle_message("c", vote_request(term=3, candidate="c", pre_vote=True), 10.3)
+    assert not follower.has_ready
+
+
+def test_only_a_follower_forgets_a_leader() -> None:
+    leader = make_core("a")
+    elect(leader)
+    assert not leader.forget_leader("a")
+    assert leader.role is Role.LEADER and leader.leader_id == "a"
+
+
 def test_transfer_vote_request_bypasses_leader_stickiness() -> None:
     """Reference: dissertation §4.2.3 and §3.10 (a RequestVote flagged as a leadership
     transfer is processed even though a current leader is believed to exist)."""

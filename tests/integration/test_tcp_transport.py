@@ -76,6 +76,7 @@ class Node:
         self.book = book
         self.transport = TcpTransport(listen=listen, **kw)
         self.received: list[tuple[NodeId, Message]] = []
+        self.gone: list[NodeId] = []
         self._changed = trio.Event()
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
@@ -84,11 +85,19 @@ class Node:
         self.received.append((sender, message))
         self._changed.set()
 
+    def peer_gone(self, sender: NodeId) -> None:
+        self.gone.append(sender)
+        self._changed.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self._scope:
                 await self.transport.serve(
-                    self.node_id, self.deliver, self.book.get, task_status=task_status
+                    self.node_id,
+                    self.deliver,
+                    self.book.get,
+                    peer_gone=self.peer_gone,
+                    task_status=task_status,
                 )
         finally:
             self._finished.set()
@@ -580,6 +589,26 @@ async def test_reconnects_after_the_peer_restarts_on_the_same_port() -> None:
             # b2 answers over its own outbound connection.
             b2.send("a", heartbeat(7))
             await a.wait_for(1)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_whose_connection_closes_is_reported_gone() -> None:
+    """The hint behind fast failover: a peer's process exiting closes its connections."""
+    with trio.fail_after(3):
+        async with trio.open_nursery() as nursery:
+            a, b, c = await start_nodes(nursery, "a", "b", "c")
+            a.send("b", heartbeat(0))
+            await b.wait_for(1)
+            # A connection that only carried requests (c's RPC client) is no Raft peer's.
+            await c.transport.request(b.transport.listen_address, "x", b"", timeout=1)
+            await c.stop()
+            await trio.testing.wait_all_tasks_blocked(0.05)  # b has seen c's connection close
+            assert b.gone == []
+            await a.stop()
+            while not b.gone:
+                b._changed = trio.Event()
+                await b._changed.wait()
+            assert b.gone == ["a"]
             nursery.cancel_scope.cancel()
 
 

@@ -6,6 +6,7 @@ import trio
 
 from tinyraft_trio import Role
 from tinyraft_trio.testing import open_memory_cluster
+from tinyraft_trio.testing._cluster import MemoryCluster
 
 
 async def test_three_nodes_elect_one_leader(autojump_clock: trio.testing.MockClock) -> None:
@@ -22,3 +23,53 @@ async def test_three_nodes_elect_one_leader(autojump_clock: trio.testing.MockClo
         for sm in cluster.state_machines.values():
             assert sm.commands == [b"hello"]  # type: ignore[attr-defined]
         assert leader.status().role is Role.LEADER
+
+
+async def failover_time(cluster: MemoryCluster) -> float:
+    """Crash the leader; the virtual time until another node leads."""
+    old = await cluster.wait_for_leader()
+    await trio.sleep(1)  # steady state: followers heard from the leader just now
+    crashed_at = trio.current_time()
+    await cluster.crash(old.id)
+    await cluster.wait_until(lambda: bool(cluster.leaders()))
+    return trio.current_time() - crashed_at
+
+
+async def test_followers_campaign_soon_when_their_leaders_connection_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Reference: §4.2.3 and §9.6. A crashed leader's connections close: its followers stop
+    deferring to it and campaign within a heartbeat interval, not an election timeout."""
+    for seed in range(5):
+        async with open_memory_cluster(
+            3, seed=seed, election_timeout=5.0, heartbeat_interval=0.1
+        ) as cluster:
+            assert await failover_time(cluster) < 0.5
+
+
+async def test_in_lease_read_mode_followers_wait_out_the_election_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A lease-mode leader answers reads alone until its lease ends, so no follower may vote
+    for another before then, connection or not."""
+    async with open_memory_cluster(
+        3, seed=7, election_timeout=5.0, heartbeat_interval=0.1, read_mode="lease"
+    ) as cluster:
+        assert await failover_time(cluster) >= 5.0
+
+
+async def test_a_live_leader_keeps_its_place_when_one_follower_forgets_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Reference: §4.2.3. One follower's closed connection does not depose a leader that a
+    majority still hears from: the other follower refuses the candidate."""
+    async with open_memory_cluster(3, seed=8, election_timeout=1.0) as cluster:
+        leader = await cluster.wait_for_leader()
+        term = leader.status().term
+        follower = next(n for n in cluster.running.values() if n.id != leader.id)
+        await trio.sleep(0.5)
+        follower._peer_gone(leader.id)
+        assert follower.status().leader_id is None
+        await trio.sleep(5)
+        assert leader.status().role is Role.LEADER and leader.status().term == term
+        assert follower.status().leader_id == leader.id

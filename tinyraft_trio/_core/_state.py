@@ -824,6 +824,21 @@ class RaftCore:
         ):
             self._send(target, TimeoutNow(term=self.current_term, leader_id=self.id))
 
+    def forget_leader(self, leader_id: NodeId) -> bool:
+        """Follower: ``leader_id`` is most likely gone (its connection to us closed).
+
+        Forget it as the leader, and stop refusing candidates on its behalf (leader
+        stickiness, §4.2.3), so a new leader can be elected without waiting out a whole
+        election timeout. Safety never rests on this: a leader that is in fact alive keeps
+        its place while a majority still hears from it (the others refuse the candidate).
+        Returns whether anything changed (``leader_id`` led this follower).
+        """
+        if self.role is not Role.FOLLOWER or self.leader_id is None or self.leader_id != leader_id:
+            return False
+        self.leader_id = None
+        self._last_leader_contact = None
+        return True
+
     def _in_lease(self, now: float) -> bool:
         if not self.settings.check_quorum:
             return False

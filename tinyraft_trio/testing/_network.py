@@ -50,7 +50,7 @@ from .._rpc import (
     encode_answer,
     timeout_reason,
 )
-from .._transport import AddressBook, MessageHandler, TransportStatistics
+from .._transport import AddressBook, MessageHandler, PeerGoneHandler, TransportStatistics
 from .._wire import FrameDecoder, Handshake, ProtocolError, Request, Response, encode_frame
 
 if sys.version_info < (3, 11):
@@ -90,7 +90,8 @@ class _Link:
     """Invariant: no copy on this link is scheduled later than this (FIFO without reorder)."""
 
 
-_Pending = tuple[float, int, NodeId, bytes]
+_Pending = tuple[float, int, NodeId, "bytes | None"]
+"""(deliver_at, sequence, sender, frame); frame None: the sender's connection closed."""
 """A copy in flight: (deliver_at, sequence number, sender, frame). The unique sequence number
 breaks ties in send order and keeps frames from ever being compared."""
 
@@ -98,8 +99,9 @@ breaks ties in send order and keeps frames from ever being compared."""
 class _Inbox:
     """Everything in flight to one running ``serve()`` call; dies with it."""
 
-    def __init__(self, deliver: MessageHandler) -> None:
+    def __init__(self, deliver: MessageHandler, peer_gone: PeerGoneHandler | None) -> None:
         self.deliver = deliver
+        self.peer_gone = peer_gone
         self.pending: list[_Pending] = []
         """Invariant: a heap ordered by (deliver_at, sequence)."""
         self.links: dict[NodeId, _Link] = {}
@@ -354,9 +356,36 @@ class MemoryNetwork:
         if inbox.pending[0][1] == self._sequence:
             inbox.wakeup.set()
 
+    def _schedule_close(self, inbox: _Inbox, sender: NodeId, now: float) -> None:
+        """The sender stopped: its connection closes after everything it sent (like TCP's FIN)."""
+        link = inbox.links[sender]
+        deliver_at = max(now + self._flight_time(), link.last_deliver_at)
+        link.last_deliver_at = deliver_at
+        self._sequence += 1
+        heapq.heappush(inbox.pending, (deliver_at, self._sequence, sender, None))
+        if inbox.pending[0][1] == self._sequence:
+            inbox.wakeup.set()
+
+    def _connections_closed(self, stopped: MemoryTransport) -> None:
+        """``stopped`` left the network: close its connection to each node it reached."""
+        now = trio.current_time()
+        for node_id in self._transports:
+            inbox = self._inbox_of(node_id)
+            if (
+                node_id != stopped.node_id
+                and inbox is not None
+                and stopped.node_id in inbox.links
+                and self.can_reach(stopped.node_id, node_id)
+            ):
+                self._schedule_close(inbox, stopped.node_id, now)
+
     def _deliver_one(self, transport: MemoryTransport, inbox: _Inbox) -> None:
         """Hand the earliest pending copy to ``transport``'s node, if it may still arrive."""
         _, _, sender, frame = heapq.heappop(inbox.pending)
+        if frame is None:  # the sender's connection closed
+            if inbox.peer_gone is not None and self._inbox_of(transport.node_id) is inbox:
+                inbox.peer_gone(sender)
+            return
         if self._inbox_of(transport.node_id) is not inbox or not self.can_reach(
             sender, transport.node_id
         ):
@@ -371,7 +400,7 @@ class MemoryNetwork:
 
     def _discard(self, inbox: _Inbox) -> None:
         """Count what was still in flight to a ``serve()`` call that ended."""
-        self._dropped += len(inbox.pending)
+        self._dropped += sum(1 for *_, frame in inbox.pending if frame is not None)
         inbox.pending.clear()
 
     def _lost(self) -> bool:
@@ -557,6 +586,7 @@ class MemoryTransport:
         *,
         handle_request: RequestHandler | None = None,
         start_request: RequestStarter | None = None,
+        peer_gone: PeerGoneHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Put the node on the network and deliver its incoming messages until cancelled.
@@ -566,7 +596,9 @@ class MemoryTransport:
         is ignored: memory nodes are addressed by id. Requests to this transport's address
         are answered by ``handle_request``, each in a task of this ``serve()`` (without it,
         ``ok=False, body=b"no handler"``); ``start_request``, if given, is offered each
-        request first, as the TCP transport does.
+        request first, as the TCP transport does. ``peer_gone`` hears, in this task, of each
+        node that sent this one messages and then stopped serving (its "connection" closes
+        after what it sent, unless a partition separates them, as a FIN would not arrive).
 
         Calls ``task_status.started()`` once peers can reach the node. Never returns. When
         cancelled, the node is off the network: everything in flight to it is discarded
@@ -582,7 +614,7 @@ class MemoryTransport:
             raise ValueError(f"this transport belongs to {self.node_id!r}, not {node_id!r}")
         if self._inbox is not None:
             raise RuntimeError(f"transport for {node_id!r} is already serving")
-        inbox = _Inbox(deliver)
+        inbox = _Inbox(deliver, peer_gone)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -601,6 +633,7 @@ class MemoryTransport:
             self._nursery = None
             self._handler = None
             self._starter = None
+            self._network._connections_closed(self)
             self._network._discard(inbox)
             calls, self._calls = self._calls, set()
             for call in calls:
