@@ -51,6 +51,10 @@ def test_the_demo_runs_to_completion_and_stops_everything() -> None:
     assert not Path(directory.group(1)).exists()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process_the_demo_started() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
@@ -60,6 +64,9 @@ def test_ctrl_c_stops_every_process_the_demo_started() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background by a shell without job control inherits SIGINT
+        # ignored, and so would the demo: give it the default, as a terminal's Ctrl-C has.
+        preexec_fn=_default_sigint,
     )
     try:
         assert demo.stdout is not None
