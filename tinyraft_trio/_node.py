@@ -80,6 +80,9 @@ logger = logging.getLogger("tinyraft_trio.node")
 
 _APPLY_BATCH = 1024
 
+_OUTCOME_OF: dict[str, Outcome] = {"apply": apply_outcome, "submit": submit_outcome}
+"""The methods the leader's fast path takes, and how each turns an outcome into an answer."""
+
 _COMMIT_LINGER = 0.002
 """How long a follower's news of a higher commit index may wait to ride on the next entries
 before it is sent alone: under a stream of commands it never is, which halves the messages
@@ -211,7 +214,7 @@ class RaftNode:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not isinstance(command, bytes | bytearray | memoryview):
             raise TypeError(f"command must be bytes, not {type(command).__name__}")
-        limit = self.config.max_frame_bytes - 4096
+        limit = self._command_limit
         if len(command) > limit:
             raise ValueError(f"command of {len(command)} bytes exceeds the limit of {limit}")
         core = self._running_core()
@@ -770,9 +773,7 @@ class RaftNode:
         if core.role is not Role.FOLLOWER:
             core.become_follower(core.current_term, None)
             self._after_core()
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = math.inf
-        self._election_deadline = math.inf
+        self._set_election_deadline(math.inf)
         for waiter in self._waiters.values():
             waiter.resolve(
                 error=LeadershipLostError(
@@ -1073,52 +1074,46 @@ class RaftNode:
             or self._storage_error is not None
         ):
             return False
-        if request.method == "apply":
-            if len(request.body) > self.config.max_frame_bytes - 4096:
+        method = request.method
+        if method in _OUTCOME_OF:
+            proposal = self._fast_proposal(method, request.body)
+            if proposal is None:
                 return False  # refused by the handler
-            entry = core.propose(request.body)
-            outcome: Outcome = apply_outcome
-        elif request.method == "submit":
-            data = session_entry_data(request.body)
-            if data is None:
+            entry = core.propose(*proposal)
+            self._waiters[entry.index] = Reply(entry.term, request, _OUTCOME_OF[method], reply)
+        elif method in SINGLE_METHOD_OF:
+            # A batch: each command proposed as if it came alone (``_batching``).
+            bodies = decode_batch_body(request.body)
+            if bodies is None:
                 return False  # refused by the handler
-            entry = core.propose(data, EntryKind.SESSION)
-            outcome = submit_outcome
-        elif request.method in SINGLE_METHOD_OF:
-            return self._start_batch(core, request, reply)
+            single = SINGLE_METHOD_OF[method]
+            proposals = []
+            for body in bodies:
+                proposal = self._fast_proposal(single, body)
+                if proposal is None:
+                    return False  # the handler refuses that command and carries out the rest
+                proposals.append(proposal)
+            batch = BatchReply(request.request_id, len(proposals), reply)
+            outcome = _OUTCOME_OF[single]
+            waiters = self._waiters
+            for position, entry in enumerate(core.propose_many(proposals)):
+                waiters[entry.index] = BatchPart(entry.term, batch, position, outcome)
         else:
             return False
-        self._waiters[entry.index] = Reply(entry.term, request, outcome, reply)
         self._after_propose(core)
         return True
 
-    def _start_batch(
-        self, core: RaftCore, request: Request, reply: Callable[[Response], None]
-    ) -> bool:
-        """``_start_request`` for a batch: each command proposed as if it came alone."""
-        bodies = decode_batch_body(request.body)
-        if bodies is None:
-            return False  # refused by the handler
-        proposals: list[tuple[bytes, EntryKind]] = []
-        if request.method == "apply_batch":
-            limit = self.config.max_frame_bytes - 4096
-            if any(len(body) > limit for body in bodies):
-                return False  # the handler refuses those and applies the rest
-            proposals = [(body, EntryKind.COMMAND) for body in bodies]
-            outcome: Outcome = apply_outcome
-        else:
-            for body in bodies:
-                data = session_entry_data(body)
-                if data is None:
-                    return False  # the handler refuses those and applies the rest
-                proposals.append((data, EntryKind.SESSION))
-            outcome = submit_outcome
-        batch = BatchReply(request.request_id, len(proposals), reply)
-        waiters = self._waiters
-        for position, entry in enumerate(core.propose_many(proposals)):
-            waiters[entry.index] = BatchPart(entry.term, batch, position, outcome)
-        self._after_propose(core)
-        return True
+    def _fast_proposal(self, method: str, body: bytes) -> tuple[bytes, EntryKind] | None:
+        """The entry an "apply" or "submit" body proposes; None if the handler must refuse it."""
+        if method == "apply":
+            return None if len(body) > self._command_limit else (body, EntryKind.COMMAND)
+        data = session_entry_data(body)
+        return None if data is None else (data, EntryKind.SESSION)
+
+    @property
+    def _command_limit(self) -> int:
+        """The largest command accepted: what fits a frame with room for its AppendEntries."""
+        return self.config.max_frame_bytes - 4096
 
     async def _answer_submit(self, request: Request) -> Response:
         """A client's numbered command: applied once, however often it arrives (§6.3)."""
@@ -1395,19 +1390,20 @@ class RaftNode:
                 self._apply_signal.set()
             appended = core.log.last_index != self._seen_last_index
             self._seen_last_index = core.log.last_index
-            if appended and self._ready_loop_waiting:
-                return  # the ready loop, about to run, sends the new entries first
             # New entries or a new commit index: every follower has something to hear.
-            for replicator in self._replicators.values():
-                replicator.wake.set()
+            self._wake_replicators(appended)
 
     def _after_propose(self, core: RaftCore) -> None:
         """``_after_core`` for a proposed command, which changed nothing but the log's end."""
         self._ready_signal.set()
         self._seen_last_index = core.log.last_index
-        if not self._ready_loop_waiting:  # else it sends the entries, as in _after_core
-            for replicator in self._replicators.values():
-                replicator.wake.set()
+        self._wake_replicators(appended=True)
+
+    def _wake_replicators(self, appended: bool) -> None:
+        if appended and self._ready_loop_waiting:
+            return  # the ready loop, about to run, sends the new entries first
+        for replicator in self._replicators.values():
+            replicator.wake.set()
 
     def _on_role_change(self, role: Role, term: Term) -> None:
         was_leader = self._seen_role is Role.LEADER
@@ -1443,9 +1439,11 @@ class RaftNode:
     def _reset_election_timer(self) -> None:
         core = self._running_core()
         if core.role is Role.LEADER:
-            deadline = math.inf
+            self._set_election_deadline(math.inf)
         else:
-            deadline = trio.current_time() + self._random_election_timeout()
+            self._set_election_deadline(trio.current_time() + self._random_election_timeout())
+
+    def _set_election_deadline(self, deadline: float) -> None:
         self._election_deadline = deadline
         if self._timer_scope is not None:
             self._timer_scope.deadline = deadline
@@ -1463,11 +1461,8 @@ class RaftNode:
         if not core.forget_leader(peer_id):
             return
         logger.info("%s: connection from leader %s closed; campaigning soon", self.id, peer_id)
-        deadline = trio.current_time() + self._random.random() * self.config.heartbeat_interval
-        if deadline < self._election_deadline:
-            self._election_deadline = deadline
-            if self._timer_scope is not None:
-                self._timer_scope.deadline = deadline
+        soon = trio.current_time() + self._random.random() * self.config.heartbeat_interval
+        self._set_election_deadline(min(soon, self._election_deadline))
         self._notify_state_changed()
 
     def _random_election_timeout(self) -> float:

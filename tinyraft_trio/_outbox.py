@@ -31,6 +31,38 @@ def write_now(fd: int, data: bytes) -> int:
         return 0
 
 
+class DirectWrites:
+    """Lets whoever queues a frame for an idle stream write it to the socket itself.
+
+    The stream's only writer sets ``fd`` while it waits with nothing to write and clears it
+    before writing again, so a direct write never interleaves with the writer's. At most one
+    direct write per ``DIRECT_WRITE_SPACING`` leaves the rest of a burst to the writer.
+    """
+
+    __slots__ = ("_last", "fd")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        """The socket, while the writer waits with nothing to write; None otherwise."""
+        self._last = -math.inf
+        """When the last direct write was claimed (``time.perf_counter``)."""
+
+    def allowed(self) -> bool:
+        """Whether ``claim`` would give the socket now."""
+        return self.fd is not None and time.perf_counter() - self._last >= DIRECT_WRITE_SPACING
+
+    def claim(self) -> int | None:
+        """The socket to write one frame to now, or None (busy writer, or too soon)."""
+        fd = self.fd
+        if fd is None:
+            return None
+        now = time.perf_counter()
+        if now - self._last < DIRECT_WRITE_SPACING:
+            return None
+        self._last = now
+        return fd
+
+
 class LaterFrame(Protocol):
     """A frame encoded only when the writer takes it, so it can still grow until then."""
 
@@ -42,24 +74,18 @@ class LaterFrame(Protocol):
 class Outbox:
     """A queue of encoded frames for one stream, drained by ``pump`` (its only writer)."""
 
-    __slots__ = ("_idle_fd", "_last_direct_write", "_wakeup", "frames")
+    __slots__ = ("_direct", "_wakeup", "frames")
 
     def __init__(self) -> None:
         self.frames: list[bytes | LaterFrame] = []
         """Frames not yet handed to the stream, oldest first."""
         self._wakeup = trio.Event()
-        self._idle_fd: int | None = None
-        """The stream's socket while ``pump`` waits with nothing queued: ``put`` then writes
-        to it itself (see ``DIRECT_WRITE_SPACING``)."""
-        self._last_direct_write = -math.inf
+        self._direct = DirectWrites()
+        """Open while ``pump`` waits with nothing queued: ``put`` then writes itself."""
 
     def writes_now(self) -> bool:
         """Whether ``put`` would write a frame at once (the stream is idle, spacing allows)."""
-        return (
-            self._idle_fd is not None
-            and not self.frames
-            and time.perf_counter() - self._last_direct_write >= DIRECT_WRITE_SPACING
-        )
+        return not self.frames and self._direct.allowed()
 
     def put_later(self, frame: LaterFrame) -> None:
         """Queue ``frame`` to be encoded when the writer gets to it."""
@@ -67,16 +93,12 @@ class Outbox:
         self._wakeup.set()
 
     def put(self, frame: bytes) -> None:
-        fd = self._idle_fd
-        if fd is not None and not self.frames:
-            now = time.perf_counter()
-            if now - self._last_direct_write >= DIRECT_WRITE_SPACING:
-                self._last_direct_write = now
-                written = write_now(fd, frame)
-                if written == len(frame):
-                    return
-                # The rest goes first; being a new object, ``discard`` cannot take it back.
-                frame = frame[written:]
+        if not self.frames and (fd := self._direct.claim()) is not None:
+            written = write_now(fd, frame)
+            if written == len(frame):
+                return
+            # The rest goes first; being a new object, ``discard`` cannot take it back.
+            frame = frame[written:]
         self.frames.append(frame)
         self._wakeup.set()
 
@@ -103,11 +125,11 @@ class Outbox:
         while True:
             while not frames:
                 self._wakeup = trio.Event()
-                self._idle_fd = fd
+                self._direct.fd = fd
                 try:
                     await self._wakeup.wait()
                 finally:
-                    self._idle_fd = None
+                    self._direct.fd = None
             size = 0
             chunk: list[bytes] = []
             while len(chunk) < len(frames) and size < MAX_WRITE_BYTES:

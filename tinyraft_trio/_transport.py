@@ -13,9 +13,7 @@ by address with ``request()``.
 from __future__ import annotations
 
 import logging
-import math
 import random
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import trio
 from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
-from ._outbox import DIRECT_WRITE_SPACING, MAX_WRITE_BYTES, Outbox, write_now
+from ._outbox import MAX_WRITE_BYTES, DirectWrites, Outbox, write_now
 from ._rpc import (
     DEFAULT_MAX_FRAME_BYTES,
     RequestHandler,
@@ -175,7 +173,7 @@ def _remote_address(stream: trio.SocketStream) -> str:
 class _Peer:
     """Outbound state for one peer: its queue and how its sender wakes up."""
 
-    __slots__ = ("idle_fd", "last_direct_write", "last_failure", "queue", "unsent", "wakeup")
+    __slots__ = ("direct", "last_failure", "queue", "unsent", "wakeup")
 
     def __init__(self, max_queued_messages: int) -> None:
         self.queue: deque[Message] = deque(maxlen=max_queued_messages)
@@ -183,11 +181,9 @@ class _Peer:
         self.unsent = b""
         """The tail of a frame written only in part by ``send_nowait``: the sender writes
         it before anything else."""
-        self.idle_fd: int | None = None
-        """The connection's socket while its sender waits with nothing queued or unsent:
-        ``send_nowait`` then writes to it at once, saving the sender a wakeup."""
-        self.last_direct_write = -math.inf
-        """When ``send_nowait`` last wrote to ``idle_fd`` (``time.perf_counter``)."""
+        self.direct = DirectWrites()
+        """Open while the sender waits with nothing queued or unsent: ``send_nowait`` then
+        writes to the socket at once, saving the sender a wakeup."""
         self.wakeup = trio.Event()
         """Set whenever a message is queued; the sender replaces it before waiting."""
         self.last_failure: str | None = None
@@ -447,12 +443,9 @@ class TcpTransport:
         if peer is None:
             peer = self._peers[to] = _Peer(self._max_queued_messages)
             nursery.start_soon(self._run_sender, to, peer, name=f"tinyraft sender to {to}")
-        if peer.idle_fd is not None and not peer.queue:
-            now = time.perf_counter()
-            if now - peer.last_direct_write >= DIRECT_WRITE_SPACING:
-                peer.last_direct_write = now
-                self._write_now(to, peer, peer.idle_fd, message)
-                return
+        if not peer.queue and (fd := peer.direct.claim()) is not None:
+            self._write_now(to, peer, fd, message)
+            return
         if len(peer.queue) == self._max_queued_messages:
             self._messages_dropped += 1
         peer.queue.append(message)
@@ -473,7 +466,7 @@ class TcpTransport:
             self._messages_sent += 1
             return
         peer.unsent = frame[written:]
-        peer.idle_fd = None
+        peer.direct.fd = None
         peer.wakeup.set()
 
     async def request(
@@ -784,11 +777,11 @@ class TcpTransport:
                 try:
                     while True:
                         if not peer.queue and not peer.unsent:
-                            peer.idle_fd = fd
+                            peer.direct.fd = fd
                             try:
                                 await peer.wait_for_messages()
                             finally:
-                                peer.idle_fd = None
+                                peer.direct.fd = None
                         data, in_flight = self._take_batch(to, peer)
                         if data:
                             await stream.send_all(data)
@@ -798,7 +791,7 @@ class TcpTransport:
                     logger.info("lost connection to %r at %s: %r", to, address, exc)
                     nursery.cancel_scope.cancel()
         finally:
-            peer.idle_fd = None
+            peer.direct.fd = None
             if peer.unsent:
                 peer.unsent = b""
                 in_flight += 1

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from tinyraft_trio import RaftConfig, RaftNode, Role, open_raft_node
@@ -119,3 +121,20 @@ def all_tasks() -> set[str]:
             names.add(f"{task.name}@{id(task)}")
             pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
     return names
+
+
+def record_os_writes(monkeypatch: pytest.MonkeyPatch, *, take: int | None = None) -> list[bytes]:
+    """Patch ``os.write`` (the direct writes to idle sockets) to record each call's data.
+
+    With ``take``, each call writes at most that many bytes, as a nearly full socket would.
+    """
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        data = bytes(data)
+        writes.append(data)
+        return real_write(fd, data if take is None else data[:take])
+
+    monkeypatch.setattr(os, "write", write)
+    return writes

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from support import environment
 
 
 def alive(pid: int) -> bool:
@@ -23,8 +23,7 @@ def alive(pid: int) -> bool:
 
 
 def test_the_demo_runs_to_completion_and_stops_everything() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env = environment()
     result = subprocess.run(
         [sys.executable, "-m", "tinyraft_trio", "demo"],
         env=env,
@@ -56,8 +55,7 @@ def _default_sigint() -> None:
 
 
 def test_ctrl_c_stops_every_process_the_demo_started() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_", "RAFT_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env = environment()
     demo = subprocess.Popen(
         [sys.executable, "-m", "tinyraft_trio", "demo"],
         env=env,

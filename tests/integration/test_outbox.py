@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
+from support import record_os_writes
 
 from tinyraft_trio._outbox import Outbox
 
@@ -31,17 +29,10 @@ async def idle_outbox(nursery: trio.Nursery) -> tuple[Outbox, trio.SocketStream]
 async def test_a_frame_for_an_idle_stream_is_written_before_any_task_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writes: list[bytes] = []
-    real_write = os.write
-
-    def recording_write(fd: int, data: Any) -> int:
-        writes.append(bytes(data))
-        return real_write(fd, data)
-
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
             outbox, receiver = await idle_outbox(nursery)
-            monkeypatch.setattr(os, "write", recording_write)
+            writes = record_os_writes(monkeypatch)
             outbox.put(b"lone")
             assert writes == [b"lone"] and not outbox.frames
             # Right after it, a burst is queued for the pump and goes out in one write.
@@ -56,15 +47,10 @@ async def test_a_frame_for_an_idle_stream_is_written_before_any_task_runs(
 async def test_the_rest_of_a_frame_written_in_part_goes_first_and_cannot_be_discarded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_write = os.write
-
-    def short_write(fd: int, data: Any) -> int:
-        return real_write(fd, bytes(data)[:3])
-
     with trio.fail_after(2):
         async with trio.open_nursery() as nursery:
             outbox, receiver = await idle_outbox(nursery)
-            monkeypatch.setattr(os, "write", short_write)
+            record_os_writes(monkeypatch, take=3)
             frame = b"0123456789"
             outbox.put(frame)
             monkeypatch.undo()
