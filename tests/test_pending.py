@@ -141,3 +141,24 @@ async def test_an_answer_and_a_deadline_at_once_wake_the_caller_once(
         assert [c for _, c in woke] == [call]
         assert (call.response is None) == call.timed_out
         nursery.cancel_scope.cancel()
+
+
+async def test_an_interrupt_before_the_caller_parks_leaves_no_one_to_wake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A KeyboardInterrupt can land between registering a call and parking: a late answer
+    must then not reschedule the task, which is no longer waiting (trio would crash)."""
+
+    async def interrupted(abort: object) -> object:
+        raise KeyboardInterrupt
+
+    call = RecordingCall(deadline=trio.current_time() + 10)
+    monkeypatch.setattr(trio.lowlevel, "wait_task_rescheduled", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        await call.wait()
+    monkeypatch.undo()
+    assert call.finished and call.abandoned == 1
+    call.finish("late")  # nothing to wake
+    call.expire()
+    await trio.lowlevel.checkpoint()
+    assert call.response is None and call.abandoned == 1

@@ -65,14 +65,23 @@ class PendingCall:
         if self.finished:
             await trio.lowlevel.checkpoint()
             return
-        self.task = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
             self.finished = True
             self.abandon()
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        try:
+            self.task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        except BaseException:
+            # Cancelled (``abort`` ran), or interrupted before the task parked: a
+            # KeyboardInterrupt can land on any line. Either way, nothing may wake this
+            # task for this call any more: it is not waiting.
+            if not self.finished:
+                self.finished = True
+                self.abandon()
+            raise
 
 
 class DeadlineTimer:
