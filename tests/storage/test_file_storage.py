@@ -365,6 +365,55 @@ async def test_after_a_slow_inline_append_appends_go_to_a_worker_thread(
     assert (await reload(tmp_path)).entries == tuple(make_entries(1, 4))
 
 
+async def test_persist_now_writes_small_appends_and_declines_the_rest_writing_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The node's synchronous path: a small append is durable when it returns True; a hard
+    state or a large append is declined (False) untouched, for ``persist`` in a thread."""
+    async with opened(tmp_path) as storage:
+        assert storage.persist_now(hard_state=None, first_index=1, entries=make_entries(1, 3))
+        before = dir_bytes(tmp_path)
+        hard_state = HardState(current_term=2, voted_for="b")
+        assert not storage.persist_now(
+            hard_state=hard_state, first_index=4, entries=make_entries(4, 1)
+        )
+        large = make_entries(4, 3, size=64 * 1024)
+        assert not storage.persist_now(hard_state=None, first_index=4, entries=large)
+        assert dir_bytes(tmp_path) == before
+        await storage.persist(hard_state=hard_state, first_index=4, entries=large)
+    state = await reload(tmp_path)
+    assert state.hard_state == hard_state
+    assert state.entries == (*make_entries(1, 3), *large)
+
+
+async def test_an_occasional_slow_inline_append_keeps_appends_inline(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fast disk, a slow fsync now and then (disks shared by several nodes have them)
+    does not send the following appends to a worker thread: only a slow disk does."""
+    real_fdatasync = os.fdatasync
+    threads: list[int] = []
+    slow = {12, 30}  # the 12th and 30th appends take 3 ms
+
+    def sometimes_slow_fdatasync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        if len(threads) in slow:
+            time.sleep(0.003)
+        real_fdatasync(fd)
+
+    loop_thread = threading.get_ident()
+    async with opened(tmp_path) as storage:
+        await storage.persist(hard_state=None, first_index=1, entries=make_entries(1, 1))
+        monkeypatch.setattr(os, "fdatasync", sometimes_slow_fdatasync)
+        for index in range(2, 42):
+            await storage.persist(
+                hard_state=None, first_index=index, entries=make_entries(index, 1)
+            )
+        monkeypatch.undo()
+    assert len(threads) == 40 and all(thread == loop_thread for thread in threads)
+    assert (await reload(tmp_path)).entries == tuple(make_entries(1, 41))
+
+
 async def test_a_persist_cancelled_before_it_starts_writes_nothing(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -26,6 +26,13 @@ class Storage(Protocol):
     """Durable (or, for tests, simulated) storage of one node's Raft state.
 
     A node calls these methods from one task at a time, never concurrently.
+
+    A storage may also offer ``persist_now(*, hard_state, first_index, entries) -> bool``:
+    ``persist``'s work done synchronously when it is quick (a small append to a fast disk),
+    returning True once durable, or False, having written nothing, to have the node call
+    ``persist``. The node then writes without waiting for a task switch. It uses
+    ``persist_now`` only where the class that defines ``persist`` also defines it, so a
+    subclass that changes ``persist`` alone is never bypassed.
     """
 
     async def load(self) -> PersistentState:

@@ -78,7 +78,12 @@ _FORMAT_VERSION = 1
 _INLINE_APPEND_MAX_BYTES = 64 * 1024
 _INLINE_APPEND_MAX_ENTRIES = 256
 _INLINE_APPEND_MAX_SECONDS = 0.001
-"""An inline append slower than this blocked the event loop too long: back to the thread."""
+"""Inline appends that typically take longer block the event loop too long: to the thread."""
+_INLINE_COST_WEIGHT = 1 / 8
+"""Weight of the latest inline append in the running average of their durations."""
+_INLINE_COST_START = 0.875 * _INLINE_APPEND_MAX_SECONDS
+"""The average assumed before the first inline append, and after each spell in the thread:
+pessimistic, so that one append slower than 2 ms sends the next ones to the thread."""
 _INLINE_BACKOFF_APPENDS = 200
 _HARD_STATE_MAGIC = b"TRHS"
 _SNAPSHOT_MAGIC = b"TRSN"
@@ -773,9 +778,10 @@ class FileStorage:
         # Set when a write's outcome is unknown; every later write raises OSError(EIO).
         self._broken: str | None = None
         self._loaded = False
-        # Appends to send to the worker thread before trying one inline again (see
-        # _inline_append_is_cheap).
+        # Appends to send to the worker thread before trying one inline again, and the
+        # running average of inline appends' durations (see _inline_append_is_cheap).
         self._inline_slow_until = 0
+        self._inline_cost = _INLINE_COST_START
 
     def __repr__(self) -> str:
         return f"FileStorage({self.data_dir!r})"
@@ -816,32 +822,47 @@ class FileStorage:
         cancellation is delivered at the caller's next checkpoint). Small appends are
         written on the event loop, larger ones and hard state in a worker thread.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         entries = tuple(entries)
-        if hard_state is None and self._inline_append_is_cheap(entries):
-            await trio.lowlevel.checkpoint_if_cancelled()
-            segments = len(self._segments)
-            started = time.perf_counter()
-            try:
-                self._persist_sync(None, first_index, entries)
-            finally:
-                # Starting a segment also syncs the directory: rare, and no sign of a slow disk.
-                if len(self._segments) == segments:
-                    self._note_inline_append(time.perf_counter() - started)
+        if self.persist_now(hard_state=hard_state, first_index=first_index, entries=entries):
             return  # no schedule point: the caller sends what depends on this at once
+        if self._inline_slow_until > 0:
+            self._inline_slow_until -= 1
         await trio.to_thread.run_sync(self._persist_sync, hard_state, first_index, entries)
+
+    def persist_now(
+        self, *, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
+    ) -> bool:
+        """``persist`` on the event loop, if the change is a small append: True once it is
+        durable; False, having written nothing, if it belongs in a worker thread.
+
+        Raises what ``persist`` raises.
+        """
+        entries = tuple(entries)
+        if hard_state is not None or not self._inline_append_is_cheap(entries):
+            return False
+        segments = len(self._segments)
+        started = time.perf_counter()
+        try:
+            self._persist_sync(None, first_index, entries)
+        finally:
+            # Starting a segment also syncs the directory: rare, and no sign of a slow disk.
+            if len(self._segments) == segments:
+                self._note_inline_append(time.perf_counter() - started)
+        return True
 
     def _inline_append_is_cheap(self, entries: tuple[Entry, ...]) -> bool:
         """Whether to append on the event loop rather than in a worker thread.
 
-        A trip to a worker thread costs about 100 us of CPU and latency (measured with
-        ``trio.to_thread.run_sync``), more than a small append and its ``fdatasync`` take
-        on a fast disk (75 us, same machine). So small appends run inline while they are
-        quick; one that took over a millisecond sends the next 200 appends to the thread
-        before one is tried inline again. A slow disk thus blocks the event loop for about
-        one write in 200.
+        A trip to a worker thread costs about 100 us of CPU, and more in latency (measured
+        with ``trio.to_thread.run_sync``), more than a small append and its ``fdatasync``
+        take on a fast disk (75 us, same machine). So small appends run inline while the
+        running average of their durations stays under a millisecond: an occasional slow
+        fsync (a few ms where three nodes share one disk) does not count for much, but a
+        slow disk soon does. Then the next 200 appends go to the thread before one is tried
+        inline again, so a slow disk blocks the event loop for about one write in 200.
         """
         if self._inline_slow_until > 0:
-            self._inline_slow_until -= 1
             return False
         if len(entries) > _INLINE_APPEND_MAX_ENTRIES:
             return False
@@ -851,8 +872,10 @@ class FileStorage:
         return size <= _INLINE_APPEND_MAX_BYTES
 
     def _note_inline_append(self, seconds: float) -> None:
-        if seconds > _INLINE_APPEND_MAX_SECONDS:
+        self._inline_cost += (seconds - self._inline_cost) * _INLINE_COST_WEIGHT
+        if self._inline_cost > _INLINE_APPEND_MAX_SECONDS:
             self._inline_slow_until = _INLINE_BACKOFF_APPENDS
+            self._inline_cost = _INLINE_COST_START
 
     async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Atomically and durably replace the snapshot. ``meta.size`` must be ``len(data)``.

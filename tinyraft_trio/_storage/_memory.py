@@ -43,6 +43,18 @@ class MemoryStorage:
         after persisting, and yielding here would only delay that by a scheduler round.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._write(hard_state, first_index, entries)
+
+    def persist_now(
+        self, *, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
+    ) -> bool:
+        """``persist``, synchronously; always possible in memory, so always True."""
+        self._write(hard_state, first_index, entries)
+        return True
+
+    def _write(
+        self, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
+    ) -> None:
         self.persist_calls += 1
         if hard_state is not None:
             self.hard_state = hard_state

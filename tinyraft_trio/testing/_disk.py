@@ -22,13 +22,25 @@ class SimulatedDisk(MemoryStorage):
     node is cancelled (crashed) meanwhile, a random prefix of the change survives — possibly
     the truncation without the new entries, possibly the hard state without the log — and
     the rest is lost. Snapshots are written atomically: the old or the new one survives.
+
+    ``persist_now`` plays a fast disk written on the event loop (as ``FileStorage`` writes
+    small appends): it takes the change with probability ``inline_rate``, at once and whole,
+    and otherwise declines, so the node's other path runs too.
     """
 
-    def __init__(self, rng: random.Random, *, fsync_delay: tuple[float, float] = (0.0, 0.004)):
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        fsync_delay: tuple[float, float] = (0.0, 0.004),
+        inline_rate: float = 0.5,
+    ):
         super().__init__()
         self._rng = rng
         self._fsync_delay = fsync_delay
+        self._inline_rate = inline_rate
         self.torn_writes = 0
+        self.inline_writes = 0
 
     async def persist(
         self, *, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
@@ -39,6 +51,15 @@ class SimulatedDisk(MemoryStorage):
             self._keep_a_prefix(hard_state, first_index, entries)
             raise
         await super().persist(hard_state=hard_state, first_index=first_index, entries=entries)
+
+    def persist_now(
+        self, *, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
+    ) -> bool:
+        if self._rng.random() >= self._inline_rate:
+            return False
+        self.inline_writes += 1
+        self._write(hard_state, first_index, entries)
+        return True
 
     def _keep_a_prefix(
         self, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
