@@ -20,7 +20,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgpack
 import trio
@@ -42,7 +42,7 @@ from ._answers import (
 from ._batching import SINGLE_METHOD_OF, decode_batch_body, encode_batch_answer
 from ._config import RaftConfig, check_node_id, parse_address
 from ._core._messages import Message
-from ._core._state import CoreSettings, RaftCore, SnapshotNeeded
+from ._core._state import CoreSettings, RaftCore, Ready, SnapshotNeeded
 from ._core._types import (
     Entry,
     EntryKind,
@@ -80,6 +80,10 @@ logger = logging.getLogger("tinyraft_trio.node")
 
 _APPLY_BATCH = 1024
 
+_SETTLE_ROUNDS = 4
+"""Rounds of persist-then-apply ``_settle`` does before leaving the rest to the tasks (a
+single-node leader commits what it persists, which then needs applying)."""
+
 _OUTCOME_OF: dict[str, Outcome] = {"apply": apply_outcome, "submit": submit_outcome}
 """The methods the leader's fast path takes, and how each turns an outcome into an answer."""
 
@@ -110,6 +114,9 @@ class _Signal:
 
     def set(self) -> None:
         self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
     async def wait(self) -> None:
         await self._event.wait()
@@ -159,7 +166,16 @@ class RaftNode:
         self._waiters: dict[Index, Waiter | Reply | BatchPart] = {}
         self._ready_signal = _Signal()
         self._ready_loop_waiting = False
+        self._carried_ready: Ready | None = None
+        """Work taken from the core that ``_flush_ready_now`` left to the ready loop."""
+        self._persist_now = _inline_persister(storage)
         self._apply_signal = _Signal()
+        self._applier_waiting = False
+        # While the transport delivers a burst, work for the ready loop and the applier is
+        # noted here rather than signalled; ``_settle`` does it (or signals) once, after.
+        self._in_burst = False
+        self._ready_deferred = False
+        self._apply_deferred = False
         self._replicators: dict[NodeId, _Replicator] = {}
         self._leader_nursery: trio.Nursery | None = None
         self._seen_membership: Membership | None = None
@@ -688,6 +704,7 @@ class RaftNode:
                     handle_request=self._handle_request,
                     start_request=self._start_request,
                     peer_gone=self._peer_gone,
+                    settle=self._settle,
                 )
                 await nursery.start(serve)
                 nursery.start_soon(self._run_election_timer)
@@ -733,8 +750,12 @@ class RaftNode:
                 await self._ready_signal.wait()
             finally:
                 self._ready_loop_waiting = False
-            while core.has_ready:
-                ready = core.take_ready()
+            while self._storage_error is None:
+                ready, self._carried_ready = self._carried_ready, None
+                if ready is None:
+                    if not core.has_ready:
+                        break
+                    ready = core.take_ready()
                 if ready.entries and self._replicators:
                     # A leader sends new entries before writing them itself (§10.2.1): its
                     # own write, which may block the event loop, overlaps the round trip.
@@ -746,7 +767,11 @@ class RaftNode:
                             await self._storage.save_snapshot(meta, data)
                             core.on_snapshot_saved(meta)
                         self._notify_state_changed()
-                    async with self._log_lock:
+                    try:
+                        self._log_lock.acquire_nowait()  # no schedule point when free
+                    except trio.WouldBlock:
+                        await self._log_lock.acquire()
+                    try:
                         if ready.compact_through is not None:
                             await self._storage.compact(ready.compact_through)
                         if ready.hard_state is not None or ready.first_index is not None:
@@ -755,15 +780,64 @@ class RaftNode:
                                 first_index=ready.first_index,
                                 entries=ready.entries,
                             )
+                    finally:
+                        self._log_lock.release()
                 except OSError as exc:
                     self._fail_storage(exc)
                     return
-                if ready.entries:
-                    last = ready.entries[-1]
-                    core.on_persisted(last.index, last.term)
-                    self._after_core()
-                for to, message in ready.messages:
-                    self._transport.send_nowait(to, message)
+                self._finish_ready(ready)
+
+    def _flush_ready_now(self) -> bool:
+        """Do the ready loop's work here and now, when the storage can write it at once:
+        saves the ready loop a task switch. False: the rest is the ready loop's to do.
+
+        A leader only sends here. Its own write stays with the ready loop, which runs after
+        every connection's burst of this scheduler round, so their proposals share one write.
+        """
+        persist_now = self._persist_now
+        if (
+            persist_now is None
+            or not self._ready_loop_waiting
+            or self._ready_signal.is_set()
+            or self._carried_ready is not None
+            or self._log_lock.locked()
+            or self._storage_error is not None
+        ):
+            return False
+        core = self._running_core()
+        if core.role is Role.LEADER:
+            if self._replicators:
+                self._send_appends()
+            return False
+        while core.has_ready:
+            ready = core.take_ready()
+            if ready.snapshot is None and ready.compact_through is None:
+                try:
+                    written = (ready.hard_state is None and ready.first_index is None) or (
+                        persist_now(
+                            hard_state=ready.hard_state,
+                            first_index=ready.first_index,
+                            entries=ready.entries,
+                        )
+                    )
+                except OSError as exc:
+                    self._fail_storage(exc)
+                    return True
+                if written:
+                    self._finish_ready(ready)
+                    continue
+            self._carried_ready = ready
+            return False
+        return True
+
+    def _finish_ready(self, ready: Ready) -> None:
+        """``ready``'s changes are durable: tell the core, and send what depended on them."""
+        if ready.entries:
+            last = ready.entries[-1]
+            self._running_core().on_persisted(last.index, last.term)
+            self._after_core()
+        for to, message in ready.messages:
+            self._transport.send_nowait(to, message)
 
     def _fail_storage(self, error: OSError) -> None:
         """The disk failed: stop taking part (never acknowledge what was not written)."""
@@ -787,28 +861,45 @@ class RaftNode:
     async def _run_applier(self) -> None:
         """Apply committed entries in log order, each exactly once, and answer their callers.
 
-        The only task that touches the state machine: apply, snapshot and restore.
+        Only this task touches the state machine (apply, snapshot and restore), except for
+        ``_apply_now``, which does this task's work while it waits.
         """
-        core = self._running_core()
         while True:
-            await self._apply_signal.wait()
-            while True:
-                restore = core.take_restore()
-                if restore is not None:
-                    self._restore_snapshot(*restore)
-                entries = core.take_committed(_APPLY_BATCH)
-                if entries:
-                    for entry in entries:
-                        self._apply_entry(entry)
-                elif restore is None:
-                    break
-                self._applied_changed.set()
-                self._applied_changed = trio.Event()
-                if self._observer is not None:
-                    self._observer.state_changed(self)
-                self._maybe_start_snapshot()
+            self._applier_waiting = True
+            try:
+                await self._apply_signal.wait()
+            finally:
+                self._applier_waiting = False
+            while self._apply_round():
                 await trio.lowlevel.checkpoint()
             self._maybe_start_snapshot()
+
+    def _apply_round(self) -> bool:
+        """Restore a received snapshot and apply up to ``_APPLY_BATCH`` committed entries;
+        False if there was nothing to do."""
+        core = self._running_core()
+        restore = core.take_restore()
+        if restore is not None:
+            self._restore_snapshot(*restore)
+        entries = core.take_committed(_APPLY_BATCH)
+        if not entries and restore is None:
+            return False
+        for entry in entries:
+            self._apply_entry(entry)
+        self._applied_changed.set()
+        self._applied_changed = trio.Event()
+        if self._observer is not None:
+            self._observer.state_changed(self)
+        self._maybe_start_snapshot()
+        return True
+
+    def _apply_now(self) -> bool:
+        """Apply what was committed here and now if the applier is idle: saves it a task
+        switch. False: the applier must be woken for the rest."""
+        if not self._applier_waiting or self._apply_signal.is_set():
+            return False
+        self._apply_round()
+        return self._running_core().commit_index <= self._last_applied
 
     def _restore_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         self._state_machine.restore(unwrap_snapshot(data, self._sessions))
@@ -1100,6 +1191,7 @@ class RaftNode:
                 waiters[entry.index] = BatchPart(entry.term, batch, position, outcome)
         else:
             return False
+        self._in_burst = True
         self._after_propose(core)
         return True
 
@@ -1360,6 +1452,7 @@ class RaftNode:
                 claimed,
             )
             return
+        self._in_burst = True
         core.handle_message(sender, message, trio.current_time())
         if core.role is Role.LEADER:
             self._progress_changed.set()
@@ -1383,11 +1476,11 @@ class RaftNode:
             self._seen_membership = core.membership
             self._sync_replicators()  # a member joined or left: start or stop its replicator
         if core.has_ready:
-            self._ready_signal.set()
+            self._wake_ready_loop()
         if core.commit_index != self._seen_commit or core.log.last_index != self._seen_last_index:
             if core.commit_index != self._seen_commit:
                 self._seen_commit = core.commit_index
-                self._apply_signal.set()
+                self._wake_applier()
             appended = core.log.last_index != self._seen_last_index
             self._seen_last_index = core.log.last_index
             # New entries or a new commit index: every follower has something to hear.
@@ -1395,9 +1488,50 @@ class RaftNode:
 
     def _after_propose(self, core: RaftCore) -> None:
         """``_after_core`` for a proposed command, which changed nothing but the log's end."""
-        self._ready_signal.set()
+        self._wake_ready_loop()
         self._seen_last_index = core.log.last_index
         self._wake_replicators(appended=True)
+
+    def _wake_ready_loop(self) -> None:
+        if self._in_burst:
+            self._ready_deferred = True
+        else:
+            self._ready_signal.set()
+
+    def _wake_applier(self) -> None:
+        if self._in_burst:
+            self._apply_deferred = True
+        else:
+            self._apply_signal.set()
+
+    def _settle(self) -> None:
+        """The transport ends a burst of deliveries (before it next waits): persist, send and
+        apply what they left, once for the whole burst, here if that can be done at once.
+
+        Doing it here saves the ready loop's and the applier's task switches, about a
+        scheduler round each, on every write's path. What cannot be done at once (a slow
+        write, a snapshot, a busy task) is signalled to its task instead.
+        """
+        try:
+            for _ in range(_SETTLE_ROUNDS):
+                if self._ready_deferred:
+                    self._ready_deferred = False
+                    if not self._flush_ready_now():
+                        self._ready_signal.set()
+                if self._apply_deferred:
+                    self._apply_deferred = False
+                    if not self._apply_now():
+                        self._apply_signal.set()
+                if not (self._ready_deferred or self._apply_deferred):
+                    break
+        finally:
+            self._in_burst = False
+            if self._ready_deferred:
+                self._ready_deferred = False
+                self._ready_signal.set()
+            if self._apply_deferred:
+                self._apply_deferred = False
+                self._apply_signal.set()
 
     def _wake_replicators(self, appended: bool) -> None:
         if appended and self._ready_loop_waiting:
@@ -1488,6 +1622,19 @@ class RaftNode:
         if self._core is None or self._closed:
             raise NodeClosedError("the node is not running")
         return self._core
+
+
+def _inline_persister(storage: Storage) -> Callable[..., bool] | None:
+    """``storage.persist_now`` if it has one that does what its ``persist`` does (see
+    ``Storage``): one defined by the same class."""
+    persist_now = getattr(storage, "persist_now", None)
+    if persist_now is None:
+        return None
+    for cls in type(storage).__mro__:
+        if "persist" in vars(cls) or "persist_now" in vars(cls):
+            both = "persist" in vars(cls) and "persist_now" in vars(cls)
+            return cast(Callable[..., bool], persist_now) if both else None
+    return None
 
 
 def _with_member(membership: Membership, member: Member) -> Membership:

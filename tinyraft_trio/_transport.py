@@ -58,6 +58,11 @@ PeerGoneHandler = Callable[[NodeId], None]
 """Called when a connection that carried Raft messages from a peer is closed by that peer or
 the network (not by us): most often the peer's process exited. A hint only; must not block."""
 
+SettleHandler = Callable[[], None]
+"""Called after each burst of ``deliver`` and ``start_request`` calls (the messages and
+requests that arrived together), before the transport next waits for anything: the node
+then does once, for the whole burst, the work they left. Must not block."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TransportStatistics:
@@ -83,6 +88,7 @@ class Transport(Protocol):
         handle_request: RequestHandler | None = None,
         start_request: RequestStarter | None = None,
         peer_gone: PeerGoneHandler | None = None,
+        settle: SettleHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept peers' connections and deliver their messages; run outbound connections.
@@ -91,6 +97,8 @@ class Transport(Protocol):
         own task; while it is None they get ``Response(ok=False, body=b"no handler")``.
         ``start_request``, if given, is offered each request first (see ``RequestStarter``).
         ``peer_gone``, if given, hears of peers whose connection closed (``PeerGoneHandler``).
+        ``settle``, if given, must be called after every burst of ``deliver`` and
+        ``start_request`` calls, before the transport waits again (``SettleHandler``).
         Calls ``task_status.started()`` once peers can connect. Never returns; cancelling it
         closes every connection and listener the transport opened.
         """
@@ -152,6 +160,10 @@ class _ConnectionFailed(Exception):
     def __init__(self, reason: str, *, refused: bool = False) -> None:
         super().__init__(reason)
         self.refused = refused
+
+
+def _nothing_to_settle() -> None:
+    pass
 
 
 def _format_address(sockaddr: Any) -> str:
@@ -312,6 +324,7 @@ class TcpTransport:
         self._handle_request: RequestHandler | None = None
         self._start_request: RequestStarter | None = None
         self._peer_gone: PeerGoneHandler | None = None
+        self._settle: SettleHandler | None = None
         self._rpc: RpcClient | None = None
         self._address_of: AddressBook | None = None
         self._bound_address: str | None = None
@@ -351,6 +364,7 @@ class TcpTransport:
         handle_request: RequestHandler | None = None,
         start_request: RequestStarter | None = None,
         peer_gone: PeerGoneHandler | None = None,
+        settle: SettleHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen for peers, deliver what they send, and run the outbound connections.
@@ -364,7 +378,8 @@ class TcpTransport:
         ``ok=False, body=b"no handler"``. ``start_request``, if given, is offered each
         request first, in the connection's reader (see ``_rpc.RequestStarter``).
         ``peer_gone`` is called from a connection's task when a connection that delivered
-        messages ends other than by our closing it (``PeerGoneHandler``).
+        messages ends other than by our closing it (``PeerGoneHandler``). ``settle`` is
+        called from a connection's reader after each burst of frames it read at once.
 
         Never returns. When cancelled, every listener, connection and task it opened is
         closed before it exits; messages still queued are counted as dropped. An exception
@@ -393,6 +408,7 @@ class TcpTransport:
                 self._handle_request = handle_request
                 self._start_request = start_request
                 self._peer_gone = peer_gone
+                self._settle = settle
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 self._bound_address = _format_address(listeners[0].socket.getsockname())
                 self._node_id = node_id
@@ -420,6 +436,7 @@ class TcpTransport:
             self._handle_request = None
             self._start_request = None
             self._peer_gone = None
+            self._settle = None
             self._rpc = None
             self._address_of = None
             self._bound_address = None
@@ -559,28 +576,35 @@ class TcpTransport:
         assert deliver is not None  # connections are only accepted while serving
         handler = self._handle_request
         starter = self._start_request
+        settle = self._settle or _nothing_to_settle
         delivered = False
         try:
             while True:
-                for message in messages:
-                    if isinstance(message, Request):
-                        try:
-                            # Without yielding while tokens remain: the handlers of one burst
-                            # of requests then all run before the replicators do, so their
-                            # commands share AppendEntries.
-                            inbound.requests.acquire_nowait()
-                        except trio.WouldBlock:
-                            await inbound.requests.acquire()
-                        if starter is None or not self._start(starter, peer_id, message, inbound):
-                            nursery.start_soon(self._answer, handler, peer_id, message, inbound)
-                        continue
-                    if isinstance(message, Handshake):
-                        raise ProtocolError("a second Handshake after the first")
-                    if isinstance(message, Response):
-                        raise ProtocolError("a Response on a connection we did not open")
-                    self._messages_received += 1
-                    delivered = True
-                    deliver(peer_id, message)
+                try:
+                    for message in messages:
+                        if isinstance(message, Request):
+                            try:
+                                # Without yielding while tokens remain: the handlers of one
+                                # burst of requests then all run before the replicators do,
+                                # so their commands share AppendEntries.
+                                inbound.requests.acquire_nowait()
+                            except trio.WouldBlock:
+                                settle()
+                                await inbound.requests.acquire()
+                            if starter is None or not self._start(
+                                starter, peer_id, message, inbound
+                            ):
+                                nursery.start_soon(self._answer, handler, peer_id, message, inbound)
+                            continue
+                        if isinstance(message, Handshake):
+                            raise ProtocolError("a second Handshake after the first")
+                        if isinstance(message, Response):
+                            raise ProtocolError("a Response on a connection we did not open")
+                        self._messages_received += 1
+                        delivered = True
+                        deliver(peer_id, message)
+                finally:
+                    settle()
                 data = await stream.receive_some(_RECEIVE_BYTES)
                 if not data:
                     logger.debug("%r at %s closed its connection", peer_id, remote)

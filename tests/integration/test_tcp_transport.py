@@ -76,6 +76,8 @@ class Node:
         self.transport = TcpTransport(listen=listen, **kw)
         self.received: list[tuple[NodeId, Message]] = []
         self.gone: list[NodeId] = []
+        self.settled: list[int] = []
+        """How many messages had been delivered at each ``settle`` call."""
         self._changed = trio.Event()
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
@@ -88,6 +90,9 @@ class Node:
         self.gone.append(sender)
         self._changed.set()
 
+    def settle(self) -> None:
+        self.settled.append(len(self.received))
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self._scope:
@@ -96,6 +101,7 @@ class Node:
                     self.deliver,
                     self.book.get,
                     peer_gone=self.peer_gone,
+                    settle=self.settle,
                     task_status=task_status,
                 )
         finally:
@@ -204,6 +210,22 @@ async def test_many_messages_keep_their_order_and_go_out_in_few_writes(
             await trio.testing.wait_all_tasks_blocked()  # a's sender counts after its write
             assert a.stats().messages_sent == 2000
             assert writes + len(direct_writes) <= 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_each_burst_of_messages_is_settled_once_before_the_next_read() -> None:
+    """The node does the work a burst of messages left once per burst (``settle``), and
+    before the reader waits again, so none of it waits for the next message."""
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            a, b = await idle_connection(nursery)
+            for n in range(1, 2000):
+                a.send("b", heartbeat(n))
+            await b.wait_for(2000)
+            assert b.settled[-1] == 2000  # settled before the reader waited again
+            assert b.settled == sorted(b.settled)
+            bursts = len(set(b.settled))
+            assert 2 <= bursts <= 100, b.settled  # many messages per burst, not one each
             nursery.cancel_scope.cancel()
 
 

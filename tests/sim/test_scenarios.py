@@ -12,6 +12,7 @@ Trio's scheduler is randomized, so the tests assert outcomes and bounds, not int
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -876,3 +877,78 @@ async def test_the_leader_sends_new_entries_before_writing_them_itself(
             written_at = events.index(("persist", leader.id, index))
             for follower in followers:
                 assert ("send", follower, index) in events[:written_at], (index, follower)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@_bounded(4 * TEST_DEADLINE)
+async def test_every_answer_leaves_only_after_what_it_promises_is_persisted(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Figure 2 ("persistent state, updated on stable storage before responding"), checked
+    on every message as it is sent, through elections, partitions and divergent logs: a
+    granted vote after the vote is stored, a successful AppendEntries answer after the entries
+    it reports, and no message in a term not yet stored (pre-votes and their answers carry a
+    hypothetical term). Nodes write at once after the transport's burst (``_settle``) and in
+    the ready loop (``SimulatedDisk`` takes half the writes inline): both paths are held to it.
+    """
+    from tinyraft_trio._core._messages import (
+        AppendEntriesResponse,
+        RequestVote,
+        RequestVoteResponse,
+    )
+    from tinyraft_trio.testing import SimulatedDisk
+
+    disks: dict[NodeId, SimulatedDisk] = {}
+    checked = {"acks": 0, "votes": 0}
+
+    def make_disk(node_id: NodeId) -> SimulatedDisk:
+        disks[node_id] = SimulatedDisk(random.Random(seed), fsync_delay=(0.0, 0.002))
+        return disks[node_id]
+
+    def persisted_last(disk: SimulatedDisk) -> int:
+        return disk.first_index + len(disk.entries) - 1
+
+    def check(sender: NodeId, to: NodeId, message: Message) -> None:
+        disk = disks[sender]
+        stored = disk.hard_state
+        if not (isinstance(message, RequestVote | RequestVoteResponse) and message.pre_vote):
+            assert message.term <= stored.current_term, (sender, message, stored)
+        if isinstance(message, AppendEntriesResponse) and message.success:
+            assert message.match_index <= persisted_last(disk), (sender, message)
+            checked["acks"] += 1
+        granted = isinstance(message, RequestVoteResponse) and message.vote_granted
+        if granted and not message.pre_vote:
+            assert (stored.current_term, stored.voted_for) == (message.term, to), message
+            checked["votes"] += 1
+        if isinstance(message, RequestVote) and not message.pre_vote:
+            assert (stored.current_term, stored.voted_for) == (message.term, sender), message
+
+    async with open_memory_cluster(3, seed=seed, storage_factory=make_disk, **TIMING) as cluster:
+        for node_id in cluster.node_ids:
+            transport = cluster.node(node_id)._transport
+            real_send = transport.send_nowait
+
+            def checked_send(
+                to: NodeId, message: Message, sender: NodeId = node_id, send: Any = real_send
+            ) -> None:
+                check(sender, to, message)
+                send(to, message)
+
+            transport.send_nowait = checked_send  # type: ignore[method-assign]
+        for round_number in range(6):
+            leader = await cluster.wait_for_leader()
+            outcomes: dict[bytes, object] = {}
+            for number in range(20):
+                await _propose_and_record(leader, f"r{round_number}c{number}".encode(), outcomes)
+            # Cut the leader off while it still takes commands: its uncommitted suffix
+            # diverges, and the rest elect a new leader that overwrites it.
+            cluster.network.isolate(leader.id)
+            for number in range(5):
+                with trio.move_on_after(HEARTBEAT):
+                    await leader.apply(f"lost{round_number}-{number}".encode())
+            await trio.sleep(3 * ELECTION_TIMEOUT)
+            cluster.network.heal()
+        await _settle(cluster)
+        _assert_converged(cluster)
+    assert checked["acks"] > 50 and checked["votes"] >= 3, checked
+    assert sum(disk.inline_writes for disk in disks.values()) > 50

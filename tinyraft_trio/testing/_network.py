@@ -50,7 +50,13 @@ from .._rpc import (
     encode_answer,
     timeout_reason,
 )
-from .._transport import AddressBook, MessageHandler, PeerGoneHandler, TransportStatistics
+from .._transport import (
+    AddressBook,
+    MessageHandler,
+    PeerGoneHandler,
+    SettleHandler,
+    TransportStatistics,
+)
 from .._wire import FrameDecoder, Handshake, ProtocolError, Request, Response, encode_frame
 
 if sys.version_info < (3, 11):
@@ -61,6 +67,9 @@ __all__ = ["MemoryNetwork", "MemoryRpcClient", "MemoryTransport", "NetworkStatis
 logger = logging.getLogger("tinyraft_trio.transport")
 
 _LENGTH_PREFIX_BYTES = 4
+
+_BURST_COPIES = 16
+"""Most copies delivered in one burst, as one TCP read would carry a few frames."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,9 +108,15 @@ breaks ties in send order and keeps frames from ever being compared."""
 class _Inbox:
     """Everything in flight to one running ``serve()`` call; dies with it."""
 
-    def __init__(self, deliver: MessageHandler, peer_gone: PeerGoneHandler | None) -> None:
+    def __init__(
+        self,
+        deliver: MessageHandler,
+        peer_gone: PeerGoneHandler | None,
+        settle: SettleHandler | None,
+    ) -> None:
         self.deliver = deliver
         self.peer_gone = peer_gone
+        self.settle = settle
         self.pending: list[_Pending] = []
         """Invariant: a heap ordered by (deliver_at, sequence)."""
         self.links: dict[NodeId, _Link] = {}
@@ -520,7 +535,10 @@ class MemoryNetwork:
                 answers.append(response)
                 replied.set()
 
-            if starter(requester, request, reply):
+            taken = starter(requester, request, reply)
+            if server._settle is not None:
+                server._settle()
+            if taken:
                 await replied.wait()
                 return encode_answer(
                     answers[0],
@@ -562,6 +580,7 @@ class MemoryTransport:
         in it, so they die with the node."""
         self._handler: RequestHandler | None = None
         self._starter: RequestStarter | None = None
+        self._settle: SettleHandler | None = None
         self._calls: set[_Call] = set()
         """This node's own requests waiting for their responses."""
         self._messages_sent = 0
@@ -587,6 +606,7 @@ class MemoryTransport:
         handle_request: RequestHandler | None = None,
         start_request: RequestStarter | None = None,
         peer_gone: PeerGoneHandler | None = None,
+        settle: SettleHandler | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Put the node on the network and deliver its incoming messages until cancelled.
@@ -599,6 +619,9 @@ class MemoryTransport:
         request first, as the TCP transport does. ``peer_gone`` hears, in this task, of each
         node that sent this one messages and then stopped serving (its "connection" closes
         after what it sent, unless a partition separates them, as a FIN would not arrive).
+        Copies due at the same moment arrive as one burst, after which ``settle`` (if
+        given) is called, as after a TCP read; so is it after each request offered to
+        ``start_request``.
 
         Calls ``task_status.started()`` once peers can reach the node. Never returns. When
         cancelled, the node is off the network: everything in flight to it is discarded
@@ -614,12 +637,13 @@ class MemoryTransport:
             raise ValueError(f"this transport belongs to {self.node_id!r}, not {node_id!r}")
         if self._inbox is not None:
             raise RuntimeError(f"transport for {node_id!r} is already serving")
-        inbox = _Inbox(deliver, peer_gone)
+        inbox = _Inbox(deliver, peer_gone, settle)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._handler = handle_request
                 self._starter = start_request
+                self._settle = settle
                 self._inbox = inbox
                 task_status.started()
                 await self._run_deliveries(inbox)
@@ -633,6 +657,7 @@ class MemoryTransport:
             self._nursery = None
             self._handler = None
             self._starter = None
+            self._settle = None
             self._network._connections_closed(self)
             self._network._discard(inbox)
             calls, self._calls = self._calls, set()
@@ -643,13 +668,21 @@ class MemoryTransport:
     async def _run_deliveries(self, inbox: _Inbox) -> None:
         pending = inbox.pending
         while True:
-            if pending and pending[0][0] <= trio.current_time():
-                # A checkpoint before each delivery: a cancelled node receives nothing more,
+            now = trio.current_time()
+            if pending and pending[0][0] <= now:
+                # A checkpoint before each burst: a cancelled node receives nothing more,
                 # other tasks (and a looping self-send) get to run, and reachability is
                 # judged at the moment of delivery. Copies only ever join the heap while
                 # we yield, so its head is still due afterwards.
                 await trio.lowlevel.checkpoint()
-                self._network._deliver_one(self, inbox)
+                try:
+                    for _ in range(_BURST_COPIES):
+                        self._network._deliver_one(self, inbox)
+                        if not pending or pending[0][0] > now:
+                            break
+                finally:
+                    if inbox.settle is not None:
+                        inbox.settle()
                 continue
             inbox.wakeup = trio.Event()
             with trio.move_on_at(pending[0][0] if pending else math.inf):
