@@ -84,19 +84,20 @@ class Reply:
 class BatchReply:
     """A batch request (see ``_batching``) waiting, without a task, for all its answers."""
 
-    __slots__ = ("answers", "remaining", "reply", "request_id")
+    __slots__ = ("bodies", "oks", "remaining", "reply", "request_id")
 
     def __init__(self, request_id: int, count: int, reply: Callable[[Response], None]) -> None:
         self.request_id = request_id
-        self.answers: list[tuple[bool, bytes]] = [(False, b"")] * count
+        self.oks = [False] * count
+        self.bodies = [b""] * count
         self.remaining = count
         self.reply = reply
 
     def set(self, position: int, answer: tuple[bool, bytes]) -> None:
-        self.answers[position] = answer
+        self.oks[position], self.bodies[position] = answer
         self.remaining -= 1
         if self.remaining == 0:
-            body = encode_batch_answer(self.answers)
+            body = encode_batch_answer(self.oks, self.bodies)
             self.reply(Response(request_id=self.request_id, ok=True, body=body))
 
 

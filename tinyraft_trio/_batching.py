@@ -8,8 +8,10 @@ all are done.
 
 Wire format (all msgpack):
 - request body: an array of the single requests' bodies (each bytes), in order;
-- answer with ``ok=True``: an array of ``[ok, body]`` pairs, one per command, in order, each
-  the answer the command would have had alone;
+- answer with ``ok=True``: ``[oks, bodies]``, two arrays with one item per command, in
+  order: the ``ok`` (bool) and ``body`` (bytes) of the answer the command would have had
+  alone. Two flat arrays rather than a pair per command, so a client decoding thousands of
+  answers makes no object per answer for Python's garbage collector to track;
 - answer with ``ok=False`` (a node-level refusal or an RPC problem): it is every command's
   answer.
 """
@@ -57,25 +59,29 @@ def decode_batch_body(body: bytes) -> list[bytes] | None:
     return bodies
 
 
-def encode_batch_answer(answers: list[tuple[bool, bytes]]) -> bytes:
-    body: bytes = msgpack.packb(answers)
+def encode_batch_answer(oks: list[bool], bodies: list[bytes]) -> bytes:
+    """The body of an ``ok=True`` answer: each command's ``ok`` and ``body``, in order."""
+    body: bytes = msgpack.packb([oks, bodies])
     return body
 
 
-def decode_batch_answer(body: bytes, count: int) -> list[tuple[bool, bytes]] | None:
-    """The ``count`` answers in an ``ok=True`` batch answer, or None if it is malformed."""
+def decode_batch_answer(body: bytes, count: int) -> tuple[list[bool], list[bytes]] | None:
+    """The ``oks`` and ``bodies`` of the ``count`` answers in an ``ok=True`` batch answer,
+    or None if it is malformed."""
     try:
-        answers = msgpack.unpackb(body)
+        answer = msgpack.unpackb(body)
     except Exception:
         return None
-    if type(answers) is not list or len(answers) != count:
+    if type(answer) is not list or len(answer) != 2:
         return None
-    for answer in answers:
-        if (
-            type(answer) is not list
-            or len(answer) != 2
-            or type(answer[0]) is not bool
-            or type(answer[1]) is not bytes
-        ):
-            return None
-    return answers
+    oks, bodies = answer
+    if (
+        type(oks) is not list
+        or type(bodies) is not list
+        or len(oks) != count
+        or len(bodies) != count
+        or any(type(ok) is not bool for ok in oks)
+        or any(type(item) is not bytes for item in bodies)
+    ):
+        return None
+    return oks, bodies

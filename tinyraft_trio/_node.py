@@ -1135,17 +1135,18 @@ class RaftNode:
         if self._running_core().role is not Role.LEADER:
             return await self._forward(request)
         method = SINGLE_METHOD_OF[request.method]
-        answers: list[tuple[bool, bytes]] = [(False, b"")] * len(bodies)
+        oks = [False] * len(bodies)
+        answers = [b""] * len(bodies)
 
         async def answer_one(position: int, body: bytes) -> None:
             one = Request(request_id=request.request_id, method=method, body=body)
             response = await self._handle_request(requester, one)
-            answers[position] = (response.ok, response.body)
+            oks[position], answers[position] = response.ok, response.body
 
         async with trio.open_nursery() as nursery:
             for position, body in enumerate(bodies):
                 nursery.start_soon(answer_one, position, body)
-        body = encode_batch_answer(answers)
+        body = encode_batch_answer(oks, answers)
         return Response(request_id=request.request_id, ok=True, body=body)
 
     def _start_request(

@@ -57,6 +57,11 @@ class PendingCall:
         self.abandon()
         self.finish()
 
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.finished = True
+        self.abandon()
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def wait(self) -> None:
         """Park until ``finish`` or ``expire``.
 
@@ -65,15 +70,9 @@ class PendingCall:
         if self.finished:
             await trio.lowlevel.checkpoint()
             return
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.finished = True
-            self.abandon()
-            return trio.lowlevel.Abort.SUCCEEDED
-
         try:
             self.task = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
         except BaseException:
             # Cancelled (``abort`` ran), or interrupted before the task parked: a
             # KeyboardInterrupt can land on any line. Either way, nothing may wake this

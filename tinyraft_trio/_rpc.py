@@ -381,7 +381,7 @@ class _Batch:
                 call.finish(failure="the node's answer to a batch is malformed")
             return
         request_id = response.request_id
-        for call, (ok, body) in zip(calls, answers, strict=True):
+        for call, ok, body in zip(calls, *answers, strict=True):
             call.finish(Response(request_id=request_id, ok=ok, body=body))
 
 

@@ -9,7 +9,12 @@ import pytest
 import trio
 from test_rpc import CLUSTER, Server
 
-from tinyraft_trio._batching import MAX_BATCH_REQUESTS, decode_batch_body
+from tinyraft_trio._batching import (
+    MAX_BATCH_REQUESTS,
+    decode_batch_answer,
+    decode_batch_body,
+    encode_batch_answer,
+)
 from tinyraft_trio._rpc import (
     Request,
     Response,
@@ -41,7 +46,9 @@ class BatchServer:
             assert bodies is not None
             self.batch_sizes.append(len(bodies))
             answers = [self.answer(body) for body in bodies]
-            return Response(request_id=request.request_id, ok=True, body=msgpack.packb(answers))
+            oks, results = [ok for ok, _ in answers], [result for _, result in answers]
+            body = encode_batch_answer(oks, results)
+            return Response(request_id=request.request_id, ok=True, body=body)
         ok, body = self.answer(request.body)
         return Response(request_id=request.request_id, ok=ok, body=body)
 
@@ -175,12 +182,27 @@ def test_callers_that_gave_up_before_their_batch_is_written_are_left_out() -> No
     assert (request.request_id, request.method) == (77, "apply_batch")
     assert decode_batch_body(request.body) == [b"0", b"2"]
     assert "apply" not in connection.batches  # encoded: later requests start a new batch
-    answers = msgpack.packb([[True, b"zero"], [False, b"two"]])
+    answers = encode_batch_answer([True, False], [b"zero", b"two"])
     batch.finish(Response(request_id=77, ok=True, body=answers))
     assert [(c.response.ok, c.response.body) for c in calls[::2]] == [  # type: ignore[union-attr]
         (True, b"zero"),
         (False, b"two"),
     ]
+
+
+def test_batch_answers_round_trip_and_malformed_ones_are_refused() -> None:
+    body = encode_batch_answer([True, False, True], [b"a", b"", b"c"])
+    assert decode_batch_answer(body, 3) == ([True, False, True], [b"a", b"", b"c"])
+    for malformed in (
+        body,  # decoded for another count below
+        msgpack.packb([[True, False], [b"a"]]),  # lengths differ
+        msgpack.packb([[True, 1], [b"a", b"b"]]),  # an ok that is not a bool
+        msgpack.packb([[True, True], [b"a", "b"]]),  # a body that is not bytes
+        msgpack.packb([[True, b"a"], [True, b"b"]]),  # pairs, not two arrays
+        msgpack.packb([[True, True]]),
+        b"\xc1",  # not msgpack
+    ):
+        assert decode_batch_answer(malformed, 2) is None, malformed
 
 
 def test_a_batch_left_with_one_caller_goes_as_a_plain_request() -> None:

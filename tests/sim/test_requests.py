@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import trio
 
+from tinyraft_trio._batching import decode_batch_answer
 from tinyraft_trio._rpc import Request, Response
 from tinyraft_trio.testing import open_memory_cluster
 
@@ -109,7 +110,10 @@ async def test_the_leader_answers_commands_without_a_task_and_says_unknown_when_
 def batch_answers(response: Response) -> list[list[object]]:
     """A batch answer's per-command answers, each decoded."""
     assert response.ok, response.body
-    return [msgpack.unpackb(body) for _, body in msgpack.unpackb(response.body)]
+    _, bodies = msgpack.unpackb(response.body)
+    answers = decode_batch_answer(response.body, len(bodies))
+    assert answers is not None
+    return [msgpack.unpackb(body) for body in answers[1]]
 
 
 async def test_a_batch_is_carried_out_command_by_command_in_order(autojump_clock: object) -> None:
