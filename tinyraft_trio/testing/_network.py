@@ -535,9 +535,11 @@ class MemoryNetwork:
                 answers.append(response)
                 replied.set()
 
-            taken = starter(requester, request, reply)
-            if server._settle is not None:
-                server._settle()
+            try:
+                taken = starter(requester, request, reply)
+            finally:
+                if server._settle is not None:
+                    server._settle()
             if taken:
                 await replied.wait()
                 return encode_answer(
