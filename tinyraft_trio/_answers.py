@@ -32,6 +32,7 @@ __all__ = [
     "apply_answer",
     "apply_outcome",
     "error_answer",
+    "respond",
     "session_entry_data",
     "submit_answer",
     "submit_outcome",
@@ -77,8 +78,7 @@ class Reply:
         self.reply = reply
 
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        ok, body = self.outcome(result, error)
-        self.reply(Response(request_id=self.request.request_id, ok=ok, body=body))
+        self.reply(respond(self.request, self.outcome(result, error)))
 
 
 class BatchReply:
@@ -136,8 +136,7 @@ def apply_outcome(result: object, error: BaseException | None) -> tuple[bool, by
 
 
 def apply_answer(request: Request, result: object, error: BaseException | None) -> Response:
-    ok, body = apply_outcome(result, error)
-    return Response(request_id=request.request_id, ok=ok, body=body)
+    return respond(request, apply_outcome(result, error))
 
 
 def session_entry_data(body: bytes) -> bytes | None:
@@ -172,12 +171,16 @@ def submit_outcome(outcome: object, error: BaseException | None) -> tuple[bool, 
 
 
 def submit_answer(request: Request, outcome: object, error: BaseException | None) -> Response:
-    ok, body = submit_outcome(outcome, error)
-    return Response(request_id=request.request_id, ok=ok, body=body)
+    return respond(request, submit_outcome(outcome, error))
 
 
 def answer(request: Request, value: list[object]) -> Response:
-    ok, body = answer_pair(value)
+    return respond(request, answer_pair(value))
+
+
+def respond(request: Request, pair: tuple[bool, bytes]) -> Response:
+    """The response to ``request`` carrying an answer's ``(ok, body)``."""
+    ok, body = pair
     return Response(request_id=request.request_id, ok=ok, body=body)
 
 

@@ -1249,11 +1249,8 @@ class RaftNode:
         except RaftError as exc:
             return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
         except Exception as exc:
-            return answer(request, ["error", type(exc).__name__, str(exc)])
-        try:
-            return answer(request, ["ok", result])
-        except TypeError:
-            return answer(request, ["error", "TypeError", "the result is not msgpack-encodable"])
+            return apply_answer(request, None, exc)  # the query raised: its answer
+        return apply_answer(request, result, None)
 
     async def _answer_read_index(self, request: Request) -> Response:
         try:

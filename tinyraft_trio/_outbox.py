@@ -53,14 +53,10 @@ class DirectWrites:
 
     def claim(self) -> int | None:
         """The socket to write one frame to now, or None (busy writer, or too soon)."""
-        fd = self.fd
-        if fd is None:
+        if not self.allowed():
             return None
-        now = time.perf_counter()
-        if now - self._last < DIRECT_WRITE_SPACING:
-            return None
-        self._last = now
-        return fd
+        self._last = time.perf_counter()
+        return self.fd
 
 
 class LaterFrame(Protocol):

@@ -517,13 +517,9 @@ class RpcClient:
         seconds = check_request(method, body, timeout)
         if address not in self._pool:  # a pooled connection's address was checked already
             parse_address(address, field_name="address")
-        request_id = self._next_request_id
-        self._next_request_id = (request_id + 1) & (2**63 - 1)
-        frame: bytes | None = None
+        request_id = self._new_request_id()
         batchable = method in BATCH_METHOD_OF and len(body) <= self._max_frame_bytes // 2
-        if not batchable:
-            frame = encode_frame(Request(request_id=request_id, method=method, body=body))
-            check_frame_size(frame, self._max_frame_bytes, f"a {method} request")
+        frame = None if batchable else self._request_frame(request_id, method, body)
         nursery = self._nursery
         if nursery is None or self._closed:
             raise TransportError(address, "the RPC client is not running")
@@ -538,7 +534,7 @@ class RpcClient:
             raise TransportError(address, connection.failure)
         if frame is None and connection.outbox.writes_now():
             # Nothing to wait behind: alone, it goes out at once.
-            frame = encode_frame(Request(request_id=request_id, method=method, body=body))
+            frame = self._request_frame(request_id, method, body)
         call = _Call(deadline, connection, request_id, frame)
         if frame is None:
             self._join_batch(connection, method, call, body)
@@ -583,12 +579,22 @@ class RpcClient:
             connection.scope.deadline = max(connection.scope.deadline, deadline)
         return connection
 
+    def _new_request_id(self) -> int:
+        request_id = self._next_request_id
+        self._next_request_id = (request_id + 1) & (2**63 - 1)
+        return request_id
+
+    def _request_frame(self, request_id: int, method: str, body: bytes) -> bytes:
+        """The frame of one request; ValueError if it is larger than ``max_frame_bytes``."""
+        frame = encode_frame(Request(request_id=request_id, method=method, body=body))
+        check_frame_size(frame, self._max_frame_bytes, f"a {method} request")
+        return frame
+
     def _join_batch(self, connection: _Connection, method: str, call: _Call, body: bytes) -> None:
         """Queue ``call`` in the connection's open batch for ``method`` (or a new one)."""
         batch = connection.batches.get(method)
         if batch is None or not batch.add(call, body):
-            request_id = self._next_request_id
-            self._next_request_id = (request_id + 1) & (2**63 - 1)
+            request_id = self._new_request_id()
             batch = _Batch(connection, method, request_id, self._max_frame_bytes)
             batch.add(call, body)
             connection.batches[method] = batch

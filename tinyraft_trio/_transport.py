@@ -572,37 +572,12 @@ class TcpTransport:
     ) -> None:
         """Deliver each message and start a task in ``nursery`` for each request, until
         the connection ends. Bad input is logged here and ends the connection."""
-        deliver = self._deliver
-        assert deliver is not None  # connections are only accepted while serving
-        handler = self._handle_request
-        starter = self._start_request
         settle = self._settle or _nothing_to_settle
         delivered = False
         try:
             while True:
                 try:
-                    for message in messages:
-                        if isinstance(message, Request):
-                            try:
-                                # Without yielding while tokens remain: the handlers of one
-                                # burst of requests then all run before the replicators do,
-                                # so their commands share AppendEntries.
-                                inbound.requests.acquire_nowait()
-                            except trio.WouldBlock:
-                                settle()
-                                await inbound.requests.acquire()
-                            if starter is None or not self._start(
-                                starter, peer_id, message, inbound
-                            ):
-                                nursery.start_soon(self._answer, handler, peer_id, message, inbound)
-                            continue
-                        if isinstance(message, Handshake):
-                            raise ProtocolError("a second Handshake after the first")
-                        if isinstance(message, Response):
-                            raise ProtocolError("a Response on a connection we did not open")
-                        self._messages_received += 1
-                        delivered = True
-                        deliver(peer_id, message)
+                    delivered |= await self._take_burst(messages, peer_id, inbound, nursery)
                 finally:
                     settle()
                 data = await stream.receive_some(_RECEIVE_BYTES)
@@ -618,6 +593,43 @@ class TcpTransport:
             logger.debug("connection from %s failed: %r", remote, exc)
         if delivered and self._peer_gone is not None:
             self._peer_gone(peer_id)
+
+    async def _take_burst(
+        self,
+        messages: list[WireMessage],
+        peer_id: NodeId,
+        inbound: _Inbound,
+        nursery: trio.Nursery,
+    ) -> bool:
+        """Deliver the messages and start the requests that arrived together; whether any
+        Raft message was delivered. The caller settles the burst afterwards."""
+        deliver = self._deliver
+        assert deliver is not None  # connections are only accepted while serving
+        starter = self._start_request
+        delivered = False
+        for message in messages:
+            if isinstance(message, Request):
+                try:
+                    # Without yielding while tokens remain: the handlers of one burst of
+                    # requests then all run before the replicators do, so their commands
+                    # share AppendEntries.
+                    inbound.requests.acquire_nowait()
+                except trio.WouldBlock:
+                    if self._settle is not None:
+                        self._settle()  # what came so far, before waiting
+                    await inbound.requests.acquire()
+                if starter is None or not self._start(starter, peer_id, message, inbound):
+                    handler = self._handle_request
+                    nursery.start_soon(self._answer, handler, peer_id, message, inbound)
+                continue
+            if isinstance(message, Handshake):
+                raise ProtocolError("a second Handshake after the first")
+            if isinstance(message, Response):
+                raise ProtocolError("a Response on a connection we did not open")
+            self._messages_received += 1
+            delivered = True
+            deliver(peer_id, message)
+        return delivered
 
     async def _answer(
         self,

@@ -936,7 +936,7 @@ async def test_every_answer_leaves_only_after_what_it_promises_is_persisted(
 
             transport.send_nowait = checked_send  # type: ignore[method-assign]
         for round_number in range(6):
-            leader = await cluster.wait_for_leader()
+            leader = await _leader_among(cluster, cluster.node_ids)
             outcomes: dict[bytes, object] = {}
             for number in range(20):
                 await _propose_and_record(leader, f"r{round_number}c{number}".encode(), outcomes)
@@ -946,7 +946,9 @@ async def test_every_answer_leaves_only_after_what_it_promises_is_persisted(
             for number in range(5):
                 with trio.move_on_after(HEARTBEAT):
                     await leader.apply(f"lost{round_number}-{number}".encode())
-            await trio.sleep(3 * ELECTION_TIMEOUT)
+            others = [node_id for node_id in cluster.node_ids if node_id != leader.id]
+            with trio.fail_after(ELECTION_DEADLINE):
+                await _leader_among(cluster, others)
             cluster.network.heal()
         await _settle(cluster)
         _assert_converged(cluster)

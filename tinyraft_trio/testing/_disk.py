@@ -70,14 +70,7 @@ class SimulatedDisk(MemoryStorage):
         if first_index is None or self._rng.random() < 0.3:
             return
         kept = self._rng.randint(0, len(entries))
-        # Synchronous part of MemoryStorage.persist, applied to a prefix of the entries.
-        if first_index < self.first_index:
-            self.entries.clear()
-            self.first_index = first_index
-        del self.entries[first_index - self.first_index :]
-        if not self.entries:
-            self.first_index = first_index
-        self.entries.extend(entries[:kept])
+        self._write(None, first_index, entries[:kept])
 
     async def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         await trio.sleep(self._rng.uniform(*self._fsync_delay))
