@@ -8,7 +8,13 @@ import trio
 import trio.testing
 
 from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError, RaftError, Role
-from tinyraft_trio._sessions import SessionTable, encode_command
+from tinyraft_trio._sessions import (
+    SNAPSHOT_FORMAT,
+    SessionTable,
+    encode_command,
+    unwrap_snapshot,
+    wrap_snapshot,
+)
 from tinyraft_trio.examples.kv import KeyValueStore, get_query, put_command
 from tinyraft_trio.testing import (
     MemoryCluster,
@@ -127,6 +133,21 @@ def test_session_table_expires_idle_clients_by_log_time() -> None:
     table.apply(encode_command("b", 1, 0, 12_000, b"y"), machine)  # a's session expires
     assert len(table) == 1
     assert table.apply(encode_command("a", 1, 0, 12_001, b"x"), machine)[1] is True
+
+
+@pytest.mark.parametrize("size", [0, 255, 256, 65_535, 65_536, 300_000])
+def test_a_wrapped_snapshot_is_the_msgpack_array_and_unwraps(size: int) -> None:
+    """``wrap_snapshot`` builds the bytes around the state machine's snapshot instead of
+    packing it again; the result must be exactly what msgpack makes of the array, for each
+    bin header size."""
+    sessions = SessionTable(timeout_ms=1000)
+    sessions.apply(encode_command("c1", 1, 0, 10_000, b"x"), RecordingStateMachine())
+    user = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    wrapped = wrap_snapshot(sessions, user)
+    assert wrapped == msgpack.packb([SNAPSHOT_FORMAT, sessions.snapshot(), user])
+    restored = SessionTable(timeout_ms=1000)
+    assert unwrap_snapshot(wrapped, restored) == user
+    assert restored.snapshot() == sessions.snapshot()
 
 
 async def test_lease_reads_skip_the_round_but_never_read_stale(autojump_clock: object) -> None:
