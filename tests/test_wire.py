@@ -20,7 +20,7 @@ from tinyraft_trio._core._messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from tinyraft_trio._core._types import Entry, EntryKind, Member, Membership
+from tinyraft_trio._core._types import Entry, EntryKind, Member, Membership, build_entry
 from tinyraft_trio._wire import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -29,7 +29,6 @@ from tinyraft_trio._wire import (
     Request,
     Response,
     WireMessage,
-    _build_entry,
     decode_payload,
     encode_frame,
 )
@@ -164,8 +163,9 @@ def test_round_trip_of_empty_and_large_entry_data() -> None:
     assert all(type(e.data) is bytes and type(e.kind) is EntryKind for e in decoded.entries)
 
 
-def test_decoded_entries_are_ordinary_entries() -> None:
-    built = _build_entry(3, 4, EntryKind.NOOP, b"x")
+def test_entries_built_fast_are_ordinary_entries() -> None:
+    """Decoding, proposing and loading build entries with ``build_entry``."""
+    built = build_entry(3, 4, EntryKind.NOOP, b"x")
     plain = Entry(term=3, index=4, kind=EntryKind.NOOP, data=b"x")
     assert built == plain
     assert hash(built) == hash(plain)

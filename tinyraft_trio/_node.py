@@ -85,6 +85,9 @@ logger = logging.getLogger("tinyraft_trio.node")
 
 _APPLY_BATCH = 1024
 
+_COMMAND, _SESSION = EntryKind.COMMAND, EntryKind.SESSION
+"""For the per-entry paths: looking an enum member up on its class is slow on Python 3.11."""
+
 _SETTLE_ROUNDS = 4
 """Rounds of persist-then-apply ``_settle`` does before leaving the rest to the tasks (a
 single-node leader commits what it persists, which then needs applying)."""
@@ -962,12 +965,13 @@ class RaftNode:
     def _apply_entry(self, entry: Entry) -> None:
         result: object = None
         error: BaseException | None = None
-        if entry.kind is EntryKind.COMMAND:
+        kind = entry.kind
+        if kind is _COMMAND:
             try:
                 result = self._state_machine.apply(entry.data)
             except Exception as exc:
                 error = exc
-        elif entry.kind is EntryKind.SESSION:
+        elif kind is _SESSION:
             try:
                 result, _ = self._sessions.apply(entry.data, self._state_machine)
             except StaleSequenceError as exc:
@@ -1204,9 +1208,9 @@ class RaftNode:
     def _fast_proposal(self, method: str, body: bytes) -> tuple[bytes, EntryKind] | None:
         """The entry an "apply" or "submit" body proposes; None if the handler must refuse it."""
         if method == "apply":
-            return None if len(body) > self._command_limit else (body, EntryKind.COMMAND)
+            return None if len(body) > self._command_limit else (body, _COMMAND)
         data = session_entry_data(body)
-        return None if data is None else (data, EntryKind.SESSION)
+        return None if data is None else (data, _SESSION)
 
     @property
     def _command_limit(self) -> int:

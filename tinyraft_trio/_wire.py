@@ -30,7 +30,6 @@ that a hostile frame cannot make the decoder allocate much more than the frame's
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import struct
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from ._core._messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from ._core._types import Entry, EntryKind, Membership
+from ._core._types import Entry, EntryKind, Membership, build_entry
 from ._exceptions import RaftError
 
 __all__ = [
@@ -337,39 +336,6 @@ what ``_fail`` walks to explain a failed check."""
 _ENTRY_KINDS: dict[int, EntryKind] = {int(kind): kind for kind in EntryKind}
 
 
-def _make_entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
-    """Return the fastest correct way to build an Entry from already-validated fields.
-
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
-    makes it most of the cost of decoding a large AppendEntries. While Entry stays a plain
-    slotted dataclass of exactly these four fields with no ``__post_init__``, writing the
-    slots directly builds the same value in less than half the time.
-    """
-    names = tuple(field.name for field in dataclasses.fields(Entry))
-    slots = vars(Entry).get("__slots__")
-    if (
-        names != ("term", "index", "kind", "data")
-        or slots is None
-        or hasattr(Entry, "__post_init__")
-    ):
-        return lambda term, index, kind, data: Entry(term=term, index=index, kind=kind, data=data)
-    new = object.__new__
-    set_term, set_index, set_kind, set_data = (vars(Entry)[name].__set__ for name in names)
-
-    def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
-        entry: Entry = new(Entry)
-        set_term(entry, term)
-        set_index(entry, index)
-        set_kind(entry, kind)
-        set_data(entry, data)
-        return entry
-
-    return build
-
-
-_build_entry = _make_entry_builder()
-
-
 def _describe(value: object, depth: int = 0) -> str:
     """Show a received value in an error message without dumping megabytes of it."""
     if isinstance(value, bytes | str):
@@ -494,7 +460,7 @@ def _decode_entries(raw_entries: list[Any], term: int, prev_log_index: int) -> t
     entries = []
     index = prev_log_index
     kinds = _ENTRY_KINDS
-    build = _build_entry
+    build = build_entry
     for raw in raw_entries:
         index += 1
         if type(raw) is list and len(raw) == 4:

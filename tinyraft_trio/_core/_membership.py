@@ -55,8 +55,9 @@ class ConfigurationHistory:
     def appended(self, entries: Iterable[Entry]) -> bool:
         """Record the CONFIG entries among newly appended ``entries``; True if any."""
         changed = False
+        config = EntryKind.CONFIG  # looked up once: an enum member lookup is slow on 3.11
         for entry in entries:
-            if entry.kind is EntryKind.CONFIG:
+            if entry.kind is config:
                 self._entries.append((entry.index, Membership.from_bytes(entry.data)))
                 self._known_ids = None
                 changed = True

@@ -39,6 +39,7 @@ from ._types import (
     Role,
     SnapshotMeta,
     Term,
+    build_entry,
 )
 
 
@@ -341,9 +342,9 @@ class RaftCore:
             raise RuntimeError("propose() called on a node that is not the leader")
         term = self.current_term
         first = self.log.last_index + 1
+        build = build_entry
         entries = [
-            Entry(term=term, index=index, kind=kind, data=data)
-            for index, (data, kind) in enumerate(proposals, start=first)
+            build(term, index, kind, data) for index, (data, kind) in enumerate(proposals, first)
         ]
         self.log.append(entries)
         if self._configs.appended(entries):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 NodeId = str
@@ -42,6 +44,40 @@ class Entry:
     index: Index
     kind: EntryKind = EntryKind.COMMAND
     data: bytes = b""
+
+
+def _make_entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
+    """Return the fastest correct way to build an Entry from already-validated fields.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+    makes it most of the cost of proposing or decoding many entries. While Entry stays a plain
+    slotted dataclass of exactly these four fields with no ``__post_init__``, writing the
+    slots directly builds the same value in less than half the time.
+    """
+    names = tuple(field.name for field in dataclasses.fields(Entry))
+    slots = vars(Entry).get("__slots__")
+    if (
+        names != ("term", "index", "kind", "data")
+        or slots is None
+        or hasattr(Entry, "__post_init__")
+    ):
+        return lambda term, index, kind, data: Entry(term=term, index=index, kind=kind, data=data)
+    new = object.__new__
+    set_term, set_index, set_kind, set_data = (vars(Entry)[name].__set__ for name in names)
+
+    def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+        entry: Entry = new(Entry)
+        set_term(entry, term)
+        set_index(entry, index)
+        set_kind(entry, kind)
+        set_data(entry, data)
+        return entry
+
+    return build
+
+
+build_entry = _make_entry_builder()
+"""``build_entry(term, index, kind, data)``: an Entry of already-checked fields, fast."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

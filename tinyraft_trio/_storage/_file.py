@@ -58,7 +58,16 @@ from dataclasses import dataclass, field
 import msgpack
 import trio
 
-from .._core._types import Entry, EntryKind, HardState, Index, Member, Membership, SnapshotMeta
+from .._core._types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    Member,
+    Membership,
+    SnapshotMeta,
+    build_entry,
+)
 from .._exceptions import RaftError
 from ._base import PersistentState
 
@@ -669,7 +678,7 @@ def _scan_segment(
             return segment, damage(reason, torn=False)
         append_offset(position)
         if append_entry is not None:
-            append_entry(Entry(term=term, index=index, kind=kind, data=data))
+            append_entry(build_entry(term, index, kind, data))
         position = end
         index += 1
     segment.size = position
@@ -1115,7 +1124,7 @@ class FileStorage:
         header = _RECORD_HEADER.pack
         limit = self.segment_bytes
         for entry in entries:
-            payload = pack([entry.term, entry.index, int(entry.kind), entry.data])
+            payload = pack([entry.term, entry.index, entry.kind, entry.data])  # kind: IntEnum
             length = len(payload)
             if current_size and current_size + _RECORD_HEADER.size + length > limit:
                 batches.append((current_first, current_new, records, offsets))
