@@ -577,7 +577,7 @@ class TcpTransport:
         try:
             while True:
                 try:
-                    delivered |= await self._take_burst(messages, peer_id, inbound, nursery)
+                    delivered |= await self._take_burst(messages, peer_id, inbound, nursery, settle)
                 finally:
                     settle()
                 data = await stream.receive_some(_RECEIVE_BYTES)
@@ -600,9 +600,11 @@ class TcpTransport:
         peer_id: NodeId,
         inbound: _Inbound,
         nursery: trio.Nursery,
+        settle: SettleHandler,
     ) -> bool:
         """Deliver the messages and start the requests that arrived together; whether any
-        Raft message was delivered. The caller settles the burst afterwards."""
+        Raft message was delivered. The caller settles the burst afterwards; ``settle`` is
+        called here only before waiting for a request token."""
         deliver = self._deliver
         assert deliver is not None  # connections are only accepted while serving
         starter = self._start_request
@@ -615,8 +617,7 @@ class TcpTransport:
                     # share AppendEntries.
                     inbound.requests.acquire_nowait()
                 except trio.WouldBlock:
-                    if self._settle is not None:
-                        self._settle()  # what came so far, before waiting
+                    settle()  # what came so far, before waiting
                     await inbound.requests.acquire()
                 if starter is None or not self._start(starter, peer_id, message, inbound):
                     handler = self._handle_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
-import time
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -18,6 +18,7 @@ from tinyraft_trio._core._types import (
     Membership,
     SnapshotMeta,
 )
+from tinyraft_trio._storage import _file as file_storage_module
 from tinyraft_trio._storage._base import PersistentState
 from tinyraft_trio._storage._file import FileStorage, _encode_hard_state
 from tinyraft_trio._storage._memory import MemoryStorage
@@ -337,29 +338,46 @@ async def test_a_persist_cancelled_in_flight_completes(
     assert (await reload(tmp_path)).entries == tuple(entries)
 
 
+class PlayedFsyncs:
+    """Stands in for ``os.fdatasync`` and for the clock FileStorage times its inline appends
+    with: fsync number ``n`` (from 1) records its thread and takes ``duration(n)`` seconds
+    of that clock. Nothing reaches this machine's disk, so its speed cannot change a test."""
+
+    def __init__(self, duration: Callable[[int], float]) -> None:
+        self.threads: list[int] = []
+        self.now = 0.0
+        self._duration = duration
+
+    def fdatasync(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        self.now += self._duration(len(self.threads))
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def play_fsyncs(monkeypatch: pytest.MonkeyPatch, duration: Callable[[int], float]) -> PlayedFsyncs:
+    played = PlayedFsyncs(duration)
+    monkeypatch.setattr(os, "fdatasync", played.fdatasync)
+    monkeypatch.setattr(file_storage_module, "time", played)  # its only use: perf_counter
+    return played
+
+
 async def test_after_a_slow_inline_append_appends_go_to_a_worker_thread(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slow disk blocks the event loop for one small append, not for every one."""
-    real_fdatasync = os.fdatasync
-    threads: list[int] = []
-    delay = [0.002]
-
-    def slow_fdatasync(fd: int) -> None:
-        threads.append(threading.get_ident())
-        time.sleep(delay[0])
-        real_fdatasync(fd)
-
     loop_thread = threading.get_ident()
     async with opened(tmp_path) as storage:
         # The first append starts a segment (and syncs the directory): not judged.
         await storage.persist(hard_state=None, first_index=1, entries=make_entries(1, 1))
-        monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+        played = play_fsyncs(monkeypatch, lambda n: 0.002)
         for index in range(2, 5):
             await storage.persist(
                 hard_state=None, first_index=index, entries=make_entries(index, 1)
             )
         monkeypatch.undo()
+    threads = played.threads
     assert threads[0] == loop_thread
     assert len(threads) == 3 and all(thread != loop_thread for thread in threads[1:])
     assert (await reload(tmp_path)).entries == tuple(make_entries(1, 4))
@@ -390,25 +408,18 @@ async def test_an_occasional_slow_inline_append_keeps_appends_inline(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a fast disk, a slow fsync now and then (disks shared by several nodes have them)
-    does not send the following appends to a worker thread: only a slow disk does. The
-    fsyncs are played (none reaches this machine's disk, whatever its speed)."""
-    threads: list[int] = []
-    slow = {12, 30}  # the 12th and 30th appends take 3 ms; the others next to nothing
-
-    def sometimes_slow_fdatasync(fd: int) -> None:
-        threads.append(threading.get_ident())
-        if len(threads) in slow:
-            time.sleep(0.003)
-
+    does not send the following appends to a worker thread: only a slow disk does."""
+    slow = {12, 30}  # the 12th and 30th appends take 3 ms; the others no time at all
     loop_thread = threading.get_ident()
     async with opened(tmp_path) as storage:
         await storage.persist(hard_state=None, first_index=1, entries=make_entries(1, 1))
-        monkeypatch.setattr(os, "fdatasync", sometimes_slow_fdatasync)
+        played = play_fsyncs(monkeypatch, lambda n: 0.003 if n in slow else 0.0)
         for index in range(2, 42):
             await storage.persist(
                 hard_state=None, first_index=index, entries=make_entries(index, 1)
             )
         monkeypatch.undo()
+    threads = played.threads
     assert len(threads) == 40 and all(thread == loop_thread for thread in threads)
     assert (await reload(tmp_path)).entries == tuple(make_entries(1, 41))
 

@@ -108,15 +108,9 @@ breaks ties in send order and keeps frames from ever being compared."""
 class _Inbox:
     """Everything in flight to one running ``serve()`` call; dies with it."""
 
-    def __init__(
-        self,
-        deliver: MessageHandler,
-        peer_gone: PeerGoneHandler | None,
-        settle: SettleHandler | None,
-    ) -> None:
+    def __init__(self, deliver: MessageHandler, peer_gone: PeerGoneHandler | None) -> None:
         self.deliver = deliver
         self.peer_gone = peer_gone
-        self.settle = settle
         self.pending: list[_Pending] = []
         """Invariant: a heap ordered by (deliver_at, sequence)."""
         self.links: dict[NodeId, _Link] = {}
@@ -639,7 +633,7 @@ class MemoryTransport:
             raise ValueError(f"this transport belongs to {self.node_id!r}, not {node_id!r}")
         if self._inbox is not None:
             raise RuntimeError(f"transport for {node_id!r} is already serving")
-        inbox = _Inbox(deliver, peer_gone, settle)
+        inbox = _Inbox(deliver, peer_gone)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -683,8 +677,8 @@ class MemoryTransport:
                         if not pending or pending[0][0] > now:
                             break
                 finally:
-                    if inbox.settle is not None:
-                        inbox.settle()
+                    if self._settle is not None:
+                        self._settle()
                 continue
             inbox.wakeup = trio.Event()
             with trio.move_on_at(pending[0][0] if pending else math.inf):
