@@ -21,6 +21,7 @@ Outcomes of a request: ``ok`` (acknowledged; a read with the expected value), ``
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -36,6 +37,10 @@ import trio
 
 _LENGTH = struct.Struct(">I")
 now = time.perf_counter
+
+
+Operation = Callable[[int], Awaitable[tuple[str, Any]]]
+"""One request of a workload, by task index: ``(outcome, detail)``."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -60,6 +65,22 @@ class OursBackend:
     def command(key: str, value: str) -> bytes:
         return msgpack.packb(["put", key, value])
 
+    def put_operation(self, address: str, value: str, seconds: float) -> Operation:
+        """``put(i)`` writes key ``k<i>``: one coroutine per request around the client's
+        own, as ``PsoBackend.put_operation``, so the harness costs both systems alike."""
+        request = self.client.request
+        transport_error = self.transport_error
+
+        async def put(index: int) -> tuple[str, Any]:
+            command = msgpack.packb(["put", f"k{index}", value])
+            try:
+                response = await request(address, "apply", command, timeout=seconds)
+            except transport_error as exc:
+                return "unacked", exc.reason
+            return _outcome(response.body)
+
+        return put
+
     async def write(self, address: str, command: bytes, seconds: float) -> tuple[str, Any]:
         return await self._call(address, "apply", command, seconds)
 
@@ -76,22 +97,7 @@ class OursBackend:
             response = await self.client.request(address, method, body, timeout=seconds)
         except self.transport_error as exc:
             return "unacked", exc.reason
-        # The node's answers are msgpack arrays (``ok`` is False for all but "ok" and "error");
-        # an RPC-level problem is plain text.
-        try:
-            answer = msgpack.unpackb(response.body)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, list) or not answer:
-            return "failed", response.body.decode(errors="replace")
-        kind = answer[0]
-        if kind == "ok":
-            return "ok", answer[1] if len(answer) > 1 else None
-        if kind == "not_leader":
-            return "redirected", answer[2]
-        if kind == "unknown":
-            return "unacked", answer[1]
-        return "failed", answer[1:]
+        return _outcome(response.body)
 
     async def is_leader(self, address: str) -> bool:
         from tinyraft_trio._rpc import TransportError
@@ -103,6 +109,28 @@ class OursBackend:
         if not response.ok:
             return False
         return bool(msgpack.unpackb(response.body).get("role") == "leader")
+
+
+def _outcome(body: bytes) -> tuple[str, Any]:
+    """A tinyraft_trio node's answer as ``(outcome, detail)``.
+
+    The node's answers are msgpack arrays (``ok`` is False for all but "ok" and "error");
+    an RPC-level problem is plain text.
+    """
+    try:
+        answer = msgpack.unpackb(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, list) or not answer:
+        return "failed", body.decode(errors="replace")
+    kind = answer[0]
+    if kind == "ok":
+        return "ok", answer[1] if len(answer) > 1 else None
+    if kind == "not_leader":
+        return "redirected", answer[2]
+    if kind == "unknown":
+        return "unacked", answer[1]
+    return "failed", answer[1:]
 
 
 class _PsoConnection:
@@ -222,6 +250,15 @@ class PsoBackend:
             return "unacked", "connection lost"
         return answer[1], answer[2]
 
+    def put_operation(self, address: str, value: str, seconds: float) -> Operation:
+        """``put(i)`` writes key ``k<i>`` (see ``OursBackend.put_operation``)."""
+        call = self._call
+
+        async def put(index: int) -> tuple[str, Any]:
+            return await call(address, [0, "set", f"k{index}", value], seconds)
+
+        return put
+
     async def write(
         self, address: str, command: tuple[str, str], seconds: float
     ) -> tuple[str, Any]:
@@ -254,9 +291,6 @@ async def find_leader(backend: Any, addresses: list[str], deadline: float) -> st
             return found[0]
         await trio.sleep(0.005)
     return None
-
-
-Operation = Callable[[int], Awaitable[tuple[str, Any]]]
 
 
 async def drive(
@@ -308,12 +342,7 @@ async def drive(
 
 async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
     """Writes: task ``i`` puts key ``k<i>`` over and over (``point``: inflight, size, ...)."""
-    value = "v" * point["size"]
-    timeout = point["timeout"]
-
-    async def write(index: int) -> tuple[str, Any]:
-        return await backend.write(leader, backend.command(f"k{index}", value), timeout)
-
+    write = backend.put_operation(leader, "v" * point["size"], point["timeout"])
     result = await drive(point["inflight"], point["warmup"], point["duration"], write)
     return {**result, "size": point["size"]}
 
@@ -566,4 +595,8 @@ async def _run(
 
 if __name__ == "__main__":
     plan = json.loads(sys.argv[1])
+    if plan.get("client_gc"):
+        # The load generator's own cyclic-GC passes over its thousands of waiting requests
+        # compete with the nodes for the same cores; run.py says which thresholds it used.
+        gc.set_threshold(*plan["client_gc"])
     print(json.dumps(trio.run(main, plan)), flush=True)

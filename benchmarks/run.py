@@ -54,6 +54,10 @@ READ_INFLIGHT = [1, 64, 1000]
 MEMORY_COMMANDS = 1_000_000
 MEMORY_SKIPPED = {"pso-nobatch"}
 """Configs without a memory run: batching does not change what PySyncObj keeps in memory."""
+CLIENT_GC: list[int] | None = [20_000, 20, 10]
+"""``gc.set_threshold`` of the client process, for both systems: with Python's default
+(700, 10, 10) a third of the load generator's CPU goes to collections walking its thousands of
+waiting requests, on the cores the nodes need. ``--client-default-gc`` keeps the default."""
 
 
 # ------------------------------------------------------------------------------ machine
@@ -207,7 +211,7 @@ class Cluster:
 
     def run_client(self, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
         system = "ours" if self.config.startswith("ours") else "pso"
-        plan = dict(plan, system=system, addresses=self.addresses,
+        plan = dict(plan, system=system, addresses=self.addresses, client_gc=CLIENT_GC,
                     pids=[p.pid for p in self.processes],
                     data_dirs=[str(d) for d in self.data_dirs])  # fmt: skip
         try:
@@ -242,6 +246,7 @@ def run_config(config: str, plan: dict[str, Any], workroot: Path, timeout: float
 
 
 def main() -> int:
+    global CLIENT_GC, SOURCE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (under two minutes)")
     parser.add_argument("--out", default="results", help="folder for JSON and Markdown results")
@@ -259,6 +264,12 @@ def main() -> int:
         "--no-memory", action="store_true", help="the full run without the memory workload"
     )
     parser.add_argument(
+        "--client-default-gc",
+        action="store_true",
+        help="leave the client process at Python's GC thresholds (default: "
+        f"{tuple(CLIENT_GC or ())}, for both systems)",
+    )
+    parser.add_argument(
         "--source",
         metavar="DIR",
         help="folder holding the tinyraft_trio package to run (default: this repository's), "
@@ -266,8 +277,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
+    if args.client_default_gc:
+        CLIENT_GC = None
     if args.source:
-        global SOURCE
         SOURCE = Path(args.source).resolve()
     if args.render:
         markdown = render(json.loads(Path(args.render).read_text()))
@@ -355,6 +367,7 @@ def main() -> int:
         },
         "versions": versions(),
         "library": library_info(),
+        "client_gc": CLIENT_GC,
         "wall_seconds": wall,
         "load": {
             "our_cores": (own1 - own0) / wall,
@@ -472,6 +485,9 @@ def render(report: dict[str, Any]) -> str:
 
 
 def _render_header(report: dict[str, Any]) -> list[str]:
+    client_gc = "Python's default (700, 10, 10)"
+    if report.get("client_gc"):
+        client_gc = f"{tuple(report['client_gc'])} (`gc.set_threshold`; default (700, 10, 10))"
     return [
         f"# tinyraft_trio vs PySyncObj — {report['date']}{' (--quick)' if report['quick'] else ''}",
         "",
@@ -497,6 +513,7 @@ def _render_header(report: dict[str, Any]) -> list[str]:
             if (report["load"]["other_cores"] or 0) > 0.1
             else []
         ),
+        f"Client process GC thresholds, for both systems: {client_gc}.",
         "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
         "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
         "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",
