@@ -35,6 +35,9 @@ from typing import Any
 import msgpack
 import trio
 
+# The same parking and deadline timer for both systems' requests (see _PsoCall).
+from tinyraft_trio._pending import DeadlineTimer, PendingCall
+
 _LENGTH = struct.Struct(">I")
 now = time.perf_counter
 
@@ -133,10 +136,25 @@ def _outcome(body: bytes) -> tuple[str, Any]:
     return "failed", answer[1:]
 
 
+class _PsoCall(PendingCall):
+    """A request to a PySyncObj node waiting for its answer: parked, with its deadline kept
+    by one timer, exactly as tinyraft_trio's ``RpcClient`` waits (``_pending``)."""
+
+    __slots__ = ("connection", "request_id")
+
+    def __init__(self, deadline: float, connection: _PsoConnection, request_id: int) -> None:
+        super().__init__(deadline)
+        self.connection = connection
+        self.request_id = request_id
+
+    def abandon(self) -> None:
+        self.connection.pending.pop(self.request_id, None)
+
+
 class _PsoConnection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.pending: dict[int, list[Any]] = {}
+        self.pending: dict[int, _PsoCall] = {}
         self.closed = False
         self.outbox: list[bytes] = []
         self.wakeup = trio.Event()
@@ -144,6 +162,13 @@ class _PsoConnection:
     def send(self, frame: bytes) -> None:
         self.outbox.append(frame)
         self.wakeup.set()
+
+    def fail(self) -> None:
+        """Wake every waiting call with no answer (``connection lost``)."""
+        self.closed = True
+        for call in self.pending.values():
+            call.finish(None)
+        self.pending.clear()
 
     async def writer(self) -> None:
         """The connection's only writer: everything queued goes out in one send_all."""
@@ -156,10 +181,7 @@ class _PsoConnection:
                 self.outbox.clear()
                 await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.closed = True
-            for slot in self.pending.values():
-                slot[0].set()
-            self.pending.clear()
+            self.fail()
 
     async def reader(self) -> None:
         buffer = bytearray()
@@ -176,18 +198,14 @@ class _PsoConnection:
                         break
                     message = msgpack.unpackb(buffer[offset + 4 : offset + 4 + length])
                     offset += 4 + length
-                    slot = self.pending.pop(message[0], None)
-                    if slot is not None:
-                        slot[1] = message
-                        slot[0].set()
+                    call = self.pending.pop(message[0], None)
+                    if call is not None:
+                        call.finish(message)
                 del buffer[:offset]
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self.closed = True
-            for slot in self.pending.values():
-                slot[0].set()
-            self.pending.clear()
+            self.fail()
 
 
 class PsoBackend:
@@ -196,6 +214,7 @@ class PsoBackend:
         self.connections: dict[str, _PsoConnection] = {}
         self.connecting: dict[str, trio.Event] = {}
         self.next_id = 0
+        self.deadlines = DeadlineTimer()
 
     @staticmethod
     def command(key: str, value: str) -> tuple[str, str]:
@@ -227,25 +246,27 @@ class PsoBackend:
                 event.set()
 
     async def _call(self, address: str, message: list[Any], seconds: float) -> tuple[str, Any]:
-        try:
-            with trio.fail_after(seconds):
-                connection = await self._connection(address)
-        except (OSError, trio.TooSlowError) as exc:
-            return "failed", f"connect: {exc!r}"  # nothing was sent
+        deadline = trio.current_time() + seconds
+        connection = self.connections.get(address)
+        if connection is None or connection.closed:
+            try:
+                with trio.fail_at(deadline):
+                    connection = await self._connection(address)
+            except (OSError, trio.TooSlowError) as exc:
+                return "failed", f"connect: {exc!r}"  # nothing was sent
         request_id = self.next_id = self.next_id + 1
         message[0] = request_id
         payload = msgpack.packb(message)
-        slot: list[Any] = [trio.Event(), None]
-        connection.pending[request_id] = slot
+        call = _PsoCall(deadline, connection, request_id)
+        connection.pending[request_id] = call
         # Queued for the connection's writer, which joins a burst into one send_all, as
-        # tinyraft_trio's RpcClient does; a bare CancelScope, as there too.
+        # tinyraft_trio's RpcClient does.
         connection.send(_LENGTH.pack(len(payload)) + payload)
-        with trio.CancelScope(deadline=trio.current_time() + seconds):
-            await slot[0].wait()
-        if not slot[0].is_set():
-            connection.pending.pop(request_id, None)
+        self.deadlines.watch(call, self.nursery)
+        await call.wait()
+        if call.timed_out:
             return "unacked", "timeout"
-        answer = slot[1]
+        answer = call.response
         if answer is None:
             return "unacked", "connection lost"
         return answer[1], answer[2]
