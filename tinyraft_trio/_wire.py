@@ -48,7 +48,7 @@ from ._core._messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from ._core._types import Entry, EntryKind, Membership, build_entry
+from ._core._types import ENTRY_KIND_OF, Entry, EntryKind, Membership, build_entry
 from ._exceptions import RaftError
 
 __all__ = [
@@ -333,8 +333,6 @@ _LAYOUTS: dict[int, tuple[str, tuple[tuple[str, str], ...]]] = {
 """Each message's wire fields and their kinds: the reference for the fast checks below, and
 what ``_fail`` walks to explain a failed check."""
 
-_ENTRY_KINDS: dict[int, EntryKind] = {int(kind): kind for kind in EntryKind}
-
 
 def _describe(value: object, depth: int = 0) -> str:
     """Show a received value in an error message without dumping megabytes of it."""
@@ -459,7 +457,7 @@ def _decode_entries(raw_entries: list[Any], term: int, prev_log_index: int) -> t
         )
     entries = []
     index = prev_log_index
-    kinds = _ENTRY_KINDS
+    kinds = ENTRY_KIND_OF
     build = build_entry
     for raw in raw_entries:
         index += 1
@@ -496,7 +494,7 @@ def _entry_problem(raw: object, term: int, index: int) -> str:
             f"index: expected {index} (entries must follow prev_log_index consecutively), "
             f"got {_describe(entry_index)}"
         )
-    if type(kind) is not int or kind not in _ENTRY_KINDS:
+    if type(kind) is not int or kind not in ENTRY_KIND_OF:
         valid = ", ".join(str(int(k)) for k in EntryKind)
         return f"kind: expected one of {valid}, got {_describe(kind)}"
     return f"data: expected bytes, got {_describe(data)}"

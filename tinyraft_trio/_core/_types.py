@@ -79,6 +79,9 @@ def _make_entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
 build_entry = _make_entry_builder()
 """``build_entry(term, index, kind, data)``: an Entry of already-checked fields, fast."""
 
+ENTRY_KIND_OF: dict[int, EntryKind] = {int(kind): kind for kind in EntryKind}
+"""Each entry kind by its number, as the wire and the log file store it."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HardState:

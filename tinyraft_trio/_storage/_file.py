@@ -59,6 +59,7 @@ import msgpack
 import trio
 
 from .._core._types import (
+    ENTRY_KIND_OF,
     Entry,
     EntryKind,
     HardState,
@@ -456,7 +457,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_ENTRY_KINDS = {int(kind): kind for kind in EntryKind}
 _unpackb = msgpack.unpackb
 
 
@@ -470,7 +470,7 @@ def _decode_payload(payload: bytes | memoryview) -> tuple[int, int, EntryKind, b
     if type(value) is list and len(value) == 4:
         term, index, kind, data = value
         if type(term) is int and type(index) is int and term >= 0 and index >= 1:
-            entry_kind = _ENTRY_KINDS.get(kind) if type(kind) is int else None
+            entry_kind = ENTRY_KIND_OF.get(kind) if type(kind) is int else None
             if entry_kind is not None and type(data) is bytes:
                 return term, index, entry_kind, data
     raise ValueError(f"not an entry: {value!r:.80}")

@@ -25,7 +25,6 @@ class MemoryStorage:
         self.first_index: Index = 1
         self.snapshot: SnapshotMeta | None = None
         self.snapshot_data = b""
-        self.persist_calls = 0
 
     async def load(self) -> PersistentState:
         """Return what was persisted so far."""
@@ -55,7 +54,6 @@ class MemoryStorage:
     def _write(
         self, hard_state: HardState | None, first_index: Index | None, entries: Sequence[Entry]
     ) -> None:
-        self.persist_calls += 1
         if hard_state is not None:
             self.hard_state = hard_state
         if first_index is None:
