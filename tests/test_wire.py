@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -20,7 +21,14 @@ from tinyraft_trio._core._messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from tinyraft_trio._core._types import Entry, EntryKind, Member, Membership, build_entry
+from tinyraft_trio._core._types import (
+    Entry,
+    EntryKind,
+    Member,
+    Membership,
+    build_entry,
+    slot_builder,
+)
 from tinyraft_trio._wire import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -29,6 +37,7 @@ from tinyraft_trio._wire import (
     Request,
     Response,
     WireMessage,
+    build_response,
     decode_payload,
     encode_frame,
 )
@@ -172,6 +181,42 @@ def test_entries_built_fast_are_ordinary_entries() -> None:
     assert repr(built) == repr(plain)
     with pytest.raises(AttributeError):
         built.term = 5  # type: ignore[misc]
+
+
+def test_responses_built_fast_are_ordinary_responses() -> None:
+    """Clients split batch answers into responses with ``build_response``."""
+    built = build_response(7, False, b"why")
+    plain = Response(request_id=7, ok=False, body=b"why")
+    assert built == plain
+    assert hash(built) == hash(plain)
+    assert repr(built) == repr(plain)
+    with pytest.raises(AttributeError):
+        built.ok = True  # type: ignore[misc]
+
+
+def test_a_class_the_slot_builder_cannot_shortcut_is_built_by_its_constructor() -> None:
+    """Without matching slots, or with a ``__post_init__``, ``slot_builder`` calls the class."""
+
+    @dataclass(frozen=True)
+    class Unslotted:
+        a: int
+        b: int
+        c: int
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+        b: int
+        c: int
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("a must be >= 0")
+
+    assert slot_builder(Unslotted)(1, 2, 3) == Unslotted(a=1, b=2, c=3)
+    assert slot_builder(Checked)(1, 2, 3) == Checked(a=1, b=2, c=3)
+    with pytest.raises(ValueError, match="a must be"):
+        slot_builder(Checked)(-1, 2, 3)
 
 
 # -- Generated messages -------------------------------------------------------------------

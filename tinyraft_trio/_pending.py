@@ -83,13 +83,16 @@ class PendingCall:
             self.task = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self)
         except BaseException:
-            # Cancelled (``abort`` ran), or interrupted before the task parked: a
-            # KeyboardInterrupt can land on any line. Either way, nothing may wake this
-            # task for this call any more: it is not waiting.
-            if not self.finished:
-                self.finished = True
-                self.abandon()
+            self.interrupted()
             raise
+
+    def interrupted(self) -> None:
+        """The parked caller raised instead of being woken: cancelled (``abort`` ran), or
+        interrupted before it parked (a KeyboardInterrupt can land on any line). Either way
+        nothing may wake its task for this call any more: it is not waiting."""
+        if not self.finished:
+            self.finished = True
+            self.abandon()
 
 
 class DeadlineTimer:

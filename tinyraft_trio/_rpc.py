@@ -39,6 +39,7 @@ from ._wire import (
     Request,
     Response,
     WireMessage,
+    build_response,
     encode_frame,
 )
 
@@ -382,7 +383,7 @@ class _Batch:
             return
         request_id = response.request_id
         for call, ok, body in zip(calls, *answers, strict=True):
-            call.finish(Response(request_id=request_id, ok=ok, body=body))
+            call.finish(build_response(request_id, ok, body))
 
 
 class _Connection:
@@ -542,7 +543,15 @@ class RpcClient:
             connection.calls[request_id] = call
             connection.outbox.put(frame)
         self._deadlines.watch(call, nursery)
-        await call.wait()
+        # Parked here rather than in ``call.wait()``: one coroutine less for each of the
+        # thousands of requests that may wait at once. Nothing since the call was queued
+        # (no checkpoint) can have finished it, so it always parks.
+        call.task = trio.lowlevel.current_task()
+        try:
+            await trio.lowlevel.wait_task_rescheduled(call)
+        except BaseException:
+            call.interrupted()
+            raise
         response = call.response
         if isinstance(response, Response):
             return response

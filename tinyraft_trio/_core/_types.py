@@ -7,12 +7,15 @@ import enum
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 NodeId = str
 """A node's identity: a short string chosen by the operator, stable across restarts."""
 
 Term = int
 Index = int
+
+_Built = TypeVar("_Built")
 
 
 class Role(enum.Enum):
@@ -46,37 +49,54 @@ class Entry:
     data: bytes = b""
 
 
-def _make_entry_builder() -> Callable[[int, int, EntryKind, bytes], Entry]:
-    """Return the fastest correct way to build an Entry from already-validated fields.
+def slot_builder(cls: type[_Built]) -> Callable[..., _Built]:
+    """Return the fastest correct way to build a ``cls`` from already-validated fields,
+    given positionally in field order.
 
     A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
-    makes it most of the cost of proposing or decoding many entries. While Entry stays a plain
-    slotted dataclass of exactly these four fields with no ``__post_init__``, writing the
-    slots directly builds the same value in less than half the time.
+    makes it most of the cost of building many small values (entries, responses). While
+    ``cls`` stays a slotted dataclass whose fields are exactly its slots, with no
+    ``__post_init__``, writing the slots directly builds the same value in under half the
+    time (for three or four fields, what the hot paths build); otherwise this falls back to
+    ``cls`` itself.
     """
-    names = tuple(field.name for field in dataclasses.fields(Entry))
-    slots = vars(Entry).get("__slots__")
-    if (
-        names != ("term", "index", "kind", "data")
-        or slots is None
-        or hasattr(Entry, "__post_init__")
-    ):
-        return lambda term, index, kind, data: Entry(term=term, index=index, kind=kind, data=data)
+    names = tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def construct(*values: object) -> _Built:
+        return cls(**dict(zip(names, values, strict=True)))
+
+    slots = vars(cls).get("__slots__")
+    if slots is None or tuple(slots) != names or hasattr(cls, "__post_init__"):
+        return construct
     new = object.__new__
-    set_term, set_index, set_kind, set_data = (vars(Entry)[name].__set__ for name in names)
+    setters = tuple(vars(cls)[name].__set__ for name in names)
+    if len(setters) == 3:
+        set_0, set_1, set_2 = setters
 
-    def build(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
-        entry: Entry = new(Entry)
-        set_term(entry, term)
-        set_index(entry, index)
-        set_kind(entry, kind)
-        set_data(entry, data)
-        return entry
+        def build_3(value_0: object, value_1: object, value_2: object) -> _Built:
+            built: _Built = new(cls)
+            set_0(built, value_0)
+            set_1(built, value_1)
+            set_2(built, value_2)
+            return built
 
-    return build
+        return build_3
+    if len(setters) == 4:
+        set_0, set_1, set_2, set_3 = setters
+
+        def build_4(value_0: object, value_1: object, value_2: object, value_3: object) -> _Built:
+            built: _Built = new(cls)
+            set_0(built, value_0)
+            set_1(built, value_1)
+            set_2(built, value_2)
+            set_3(built, value_3)
+            return built
+
+        return build_4
+    return construct
 
 
-build_entry = _make_entry_builder()
+build_entry: Callable[[int, int, EntryKind, bytes], Entry] = slot_builder(Entry)
 """``build_entry(term, index, kind, data)``: an Entry of already-checked fields, fast."""
 
 ENTRY_KIND_OF: dict[int, EntryKind] = {int(kind): kind for kind in EntryKind}
