@@ -1,10 +1,10 @@
-"""Batch requests: several "apply" (or "submit") requests to one node carried as one.
+"""Batch requests: several "apply", "submit" or "query" requests to one node carried as one.
 
-A client with many commands in flight pays per request: a frame to encode and decode, a
+A client with many requests in flight pays per request: a frame to encode and decode, a
 response to build and route, on both sides. When requests queue behind a busy connection
 anyway, ``RpcClient`` sends the queued ones of a method as one ``<method>_batch`` request.
-The node carries out each command exactly as if it had come alone, and answers once when
-all are done.
+The node carries out each one exactly as if it had come alone, and answers once when all
+are done (the queries of a batch share one read barrier, started after the batch arrived).
 
 Wire format (all msgpack):
 - request body: an array of the single requests' bodies (each bytes), in order;
@@ -30,7 +30,7 @@ __all__ = [
     "encode_batch_body",
 ]
 
-BATCH_METHOD_OF = {"apply": "apply_batch", "submit": "submit_batch"}
+BATCH_METHOD_OF = {"apply": "apply_batch", "submit": "submit_batch", "query": "query_batch"}
 """The methods that may be batched, and the batch method for each."""
 
 SINGLE_METHOD_OF = {batch: single for single, batch in BATCH_METHOD_OF.items()}

@@ -37,9 +37,11 @@ from ._answers import (
     Reply,
     Waiter,
     answer,
+    answer_pair,
     apply_answer,
     apply_outcome,
     error_answer,
+    respond,
     session_entry_data,
     submit_answer,
     submit_outcome,
@@ -94,6 +96,19 @@ single-node leader commits what it persists, which then needs applying)."""
 
 _OUTCOME_OF: dict[str, Outcome] = {"apply": apply_outcome, "submit": submit_outcome}
 """The methods the leader's fast path takes, and how each turns an outcome into an answer."""
+_NO_QUERY = "this state machine has no query() method"
+
+
+def _parse_query(body: bytes) -> tuple[bytes, bool] | None:
+    """A "query" request's ``(query, stale)``, or None if its body is malformed."""
+    try:
+        query, stale = msgpack.unpackb(body)
+    except Exception:
+        return None
+    if not isinstance(query, bytes) or not isinstance(stale, bool):
+        return None
+    return query, stale
+
 
 _COMMIT_LINGER = 0.002
 """How long a follower's news of a higher commit index may wait to ride on the next entries
@@ -430,7 +445,7 @@ class RaftNode:
             await self.read_barrier()
         run_query = getattr(self._state_machine, "query", None)
         if run_query is None:
-            raise TypeError("this state machine has no query() method")
+            raise TypeError(_NO_QUERY)
         return run_query(query)
 
     async def _confirm_read_index(self) -> Index:
@@ -1094,10 +1109,13 @@ class RaftNode:
             return await self._answer_apply(request)
         if request.method == "submit":
             return await self._answer_submit(request)
+        if request.method == "query":
+            (pair,) = await self._answer_queries([request.body])
+            return respond(request, pair)
+        if request.method == "query_batch":
+            return await self._answer_query_batch(request)
         if request.method in SINGLE_METHOD_OF:
             return await self._answer_batch(requester, request)
-        if request.method == "query":
-            return await self._answer_query(request)
         if request.method == "read_index":
             return await self._answer_read_index(request)
         if request.method == "members":
@@ -1182,8 +1200,8 @@ class RaftNode:
                 return False  # refused by the handler
             entry = core.propose(*proposal)
             self._waiters[entry.index] = Reply(entry.term, request, _OUTCOME_OF[method], reply)
-        elif method in SINGLE_METHOD_OF:
-            # A batch: each command proposed as if it came alone (``_batching``).
+        elif SINGLE_METHOD_OF.get(method) in _OUTCOME_OF:
+            # A batch of commands: each proposed as if it came alone (``_batching``).
             bodies = decode_batch_body(request.body)
             if bodies is None:
                 return False  # refused by the handler
@@ -1237,24 +1255,53 @@ class RaftNode:
             return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
         return submit_answer(request, outcome, None)
 
-    async def _answer_query(self, request: Request) -> Response:
-        try:
-            query, stale = msgpack.unpackb(request.body)
-            if not isinstance(query, bytes) or not isinstance(stale, bool):
-                raise TypeError
-        except Exception:
-            return answer(request, ["failed", "malformed query request"])
-        try:
-            result = await self.query(query, stale=stale)
-        except NotLeaderError as exc:
-            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
-        except (LeadershipLostError, NodeClosedError) as exc:
-            return answer(request, ["unknown", str(exc)])
-        except RaftError as exc:
-            return answer(request, ["failed", f"{type(exc).__name__}: {exc}"])
-        except Exception as exc:
-            return apply_answer(request, None, exc)  # the query raised: its answer
-        return apply_answer(request, result, None)
+    async def _answer_query_batch(self, request: Request) -> Response:
+        """Answer each query of a batch (``_batching``) as if it had come alone."""
+        bodies = decode_batch_body(request.body)
+        if bodies is None:
+            return error_answer(request, "malformed batch request")
+        pairs = await self._answer_queries(bodies)
+        body = encode_batch_answer([ok for ok, _ in pairs], [answer for _, answer in pairs])
+        return Response(request_id=request.request_id, ok=True, body=body)
+
+    async def _answer_queries(self, bodies: list[bytes]) -> list[tuple[bool, bytes]]:
+        """The answers to "query" request bodies (``[query, stale]``), in order.
+
+        One read barrier, started after all of them arrived, serves every query that is not
+        stale; if it fails, those get the failure as their answer (``["not_leader", ...]``,
+        ``["unknown", ...]`` or ``["failed", ...]``) and the stale ones are still answered.
+        A query that raises gets ``["error", ...]``, as an "apply" whose command raised.
+        """
+        queries = [_parse_query(body) for body in bodies]
+        refusal: tuple[bool, bytes] | None = None
+        if any(query is not None and not query[1] for query in queries):
+            try:
+                await self.read_barrier()
+            except NotLeaderError as exc:
+                refusal = answer_pair(["not_leader", exc.leader_id, exc.leader_address])
+            except (LeadershipLostError, NodeClosedError) as exc:
+                refusal = answer_pair(["unknown", str(exc)])
+            except RaftError as exc:
+                refusal = answer_pair(["failed", f"{type(exc).__name__}: {exc}"])
+        else:
+            await trio.lowlevel.checkpoint()
+        run_query = getattr(self._state_machine, "query", None)
+        pairs: list[tuple[bool, bytes]] = []
+        for query in queries:
+            if query is None:
+                pairs.append(answer_pair(["failed", "malformed query request"]))
+            elif refusal is not None and not query[1]:
+                pairs.append(refusal)
+            elif run_query is None:
+                pairs.append(apply_outcome(None, TypeError(_NO_QUERY)))
+            else:
+                try:
+                    result = run_query(query[0])
+                except Exception as exc:  # the query raised: its answer
+                    pairs.append(apply_outcome(None, exc))
+                else:
+                    pairs.append(apply_outcome(result, None))
+        return pairs
 
     async def _answer_read_index(self, request: Request) -> Response:
         try:

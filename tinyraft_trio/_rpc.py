@@ -433,9 +433,9 @@ class RpcClient:
     uses one of its own. Each address gets one pooled connection, opened on first use
     (TCP, then a handshake naming ``client_id`` and ``cluster_id``); requests to it are
     multiplexed by ``request_id``, written by one writer task (in batches) and answered
-    through one reader task. "apply" and "submit" requests that queue behind a busy
-    connection go as one batch request (``_batching``), each caller still getting its own
-    response. A connection that fails fails every request pending on it and
+    through one reader task. "apply", "submit" and "query" requests that queue behind a
+    busy connection go as one batch request (``_batching``), each caller still getting its
+    own response. A connection that fails fails every request pending on it and
     leaves the pool, so the next request to that address reconnects.
 
     Args:

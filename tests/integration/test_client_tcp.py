@@ -70,6 +70,40 @@ async def test_concurrent_clients_over_tcp() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_concurrent_queries_over_tcp_see_every_write_acknowledged_before_them() -> None:
+    """Hundreds of queries in flight from one client go in batches (``_batching``), end to
+    end: each gets an answer, and it counts every command acknowledged before it was sent."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cluster = TcpCluster(nursery, 3)
+            for node_id in cluster.peers:
+                await cluster.start(node_id)
+            acknowledged = 0
+            answers: list[tuple[int, object]] = []
+            async with connect(list(cluster.peers.values()), client_id="reader") as client:
+
+                async def writer() -> None:
+                    nonlocal acknowledged
+                    for i in range(60):
+                        await client.apply(b"w%d" % i)
+                        acknowledged += 1
+
+                async def reader() -> None:
+                    for _ in range(10):
+                        before = acknowledged
+                        answers.append((before, await client.query(b"how many")))
+
+                async with trio.open_nursery() as workers:
+                    workers.start_soon(writer)
+                    for _ in range(200):
+                        workers.start_soon(reader)
+            assert len(answers) == 2000
+            for before, count in answers:
+                assert isinstance(count, int) and count >= before
+            assert any(count for _, count in answers)
+            nursery.cancel_scope.cancel()
+
+
 async def test_unreachable_cluster_is_unavailable_quickly() -> None:
     addresses = [f"127.0.0.1:{port}" for port in free_loopback_ports(2)]
     with trio.fail_after(10):

@@ -203,3 +203,68 @@ async def test_a_deposed_leader_says_unknown_for_each_command_of_a_batch(
         with trio.fail_after(30):
             await replied.wait()
         assert [answer[0] for answer in batch_answers(replies[0])] == ["unknown", "unknown"]
+
+
+def query_body(stale: bool) -> bytes:
+    body: bytes = msgpack.packb([b"how many", stale])
+    return body
+
+
+async def test_a_query_batch_answers_each_query_after_one_read_barrier(
+    autojump_clock: object,
+) -> None:
+    """Reference: ``_batching`` and dissertation §6.4: the queries of a batch share one
+    ReadIndex round, started after the batch arrived; each is answered as if alone."""
+    async with open_memory_cluster(3, seed=50) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = next(i for i in cluster.node_ids if i != leader.id)
+        client = cluster.network.client("client-1")
+        for command in (b"a", b"b", b"c"):
+            await cluster.apply(command)
+        batch = msgpack.packb(
+            [query_body(False), b"not a query", query_body(True), query_body(False)]
+        )
+        rounds = leader._running_core()._read_round
+        response = await client.request(
+            cluster.address_of(leader.id), "query_batch", batch, timeout=5
+        )
+        assert batch_answers(response) == [
+            ["ok", 3],
+            ["failed", "malformed query request"],
+            ["ok", 3],
+            ["ok", 3],
+        ]
+        assert leader._running_core()._read_round == rounds + 1
+        # A follower asks the leader for the read index once, then answers from its state.
+        batch = msgpack.packb([query_body(False), query_body(False)])
+        response = await client.request(
+            cluster.address_of(follower), "query_batch", batch, timeout=5
+        )
+        assert batch_answers(response) == [["ok", 3], ["ok", 3]]
+        assert leader._running_core()._read_round == rounds + 2
+        for malformed in (b"", msgpack.packb([]), msgpack.packb(["not bytes"])):
+            response = await client.request(
+                cluster.address_of(leader.id), "query_batch", malformed, timeout=5
+            )
+            assert not response.ok and response.body == b"malformed batch request"
+
+
+async def test_a_cut_off_leader_refuses_the_linearizable_queries_of_a_batch_only(
+    autojump_clock: object,
+) -> None:
+    """A leader that cannot confirm its leadership answers no linearizable query (§6.4);
+    the stale ones of the same batch read its state as it is."""
+    async with open_memory_cluster(3, seed=51) as cluster:
+        leader = await cluster.wait_for_leader()
+        await cluster.apply(b"a")
+        cluster.network.isolate(leader.id)
+        request = Request(
+            request_id=1,
+            method="query_batch",
+            body=msgpack.packb([query_body(False), query_body(True)]),
+        )
+        with trio.fail_after(30):
+            response = await leader._handle_request("client-1", request)
+        linearizable, stale = batch_answers(response)
+        assert linearizable[0] in ("unknown", "not_leader"), linearizable
+        assert stale == ["ok", 1]
