@@ -96,7 +96,6 @@ single-node leader commits what it persists, which then needs applying)."""
 
 _OUTCOME_OF: dict[str, Outcome] = {"apply": apply_outcome, "submit": submit_outcome}
 """The methods the leader's fast path takes, and how each turns an outcome into an answer."""
-_NO_QUERY = "this state machine has no query() method"
 
 
 def _parse_query(body: bytes) -> tuple[bytes, bool] | None:
@@ -443,9 +442,13 @@ class RaftNode:
             await trio.lowlevel.checkpoint()
         else:
             await self.read_barrier()
+        return self._run_query(query)
+
+    def _run_query(self, query: bytes) -> object:
+        """The state machine's answer to ``query``, now (whatever it raises propagates)."""
         run_query = getattr(self._state_machine, "query", None)
         if run_query is None:
-            raise TypeError(_NO_QUERY)
+            raise TypeError("this state machine has no query() method")
         return run_query(query)
 
     async def _confirm_read_index(self) -> Index:
@@ -1285,19 +1288,16 @@ class RaftNode:
                 refusal = answer_pair(["failed", f"{type(exc).__name__}: {exc}"])
         else:
             await trio.lowlevel.checkpoint()
-        run_query = getattr(self._state_machine, "query", None)
         pairs: list[tuple[bool, bytes]] = []
         for query in queries:
             if query is None:
                 pairs.append(answer_pair(["failed", "malformed query request"]))
             elif refusal is not None and not query[1]:
                 pairs.append(refusal)
-            elif run_query is None:
-                pairs.append(apply_outcome(None, TypeError(_NO_QUERY)))
             else:
                 try:
-                    result = run_query(query[0])
-                except Exception as exc:  # the query raised: its answer
+                    result = self._run_query(query[0])
+                except Exception as exc:  # the query raised (or there is none): its answer
                     pairs.append(apply_outcome(None, exc))
                 else:
                     pairs.append(apply_outcome(result, None))

@@ -268,3 +268,31 @@ async def test_a_cut_off_leader_refuses_the_linearizable_queries_of_a_batch_only
         linearizable, stale = batch_answers(response)
         assert linearizable[0] in ("unknown", "not_leader"), linearizable
         assert stale == ["ok", 1]
+
+
+class _NoQueries:
+    """A state machine with no ``query`` method (it is optional)."""
+
+    def apply(self, command: bytes) -> object:
+        return None
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, data: bytes) -> None:
+        pass
+
+
+async def test_queries_to_a_state_machine_without_query_are_answered_with_the_error(
+    autojump_clock: object,
+) -> None:
+    async with open_memory_cluster(1, seed=52, state_machine_factory=_NoQueries) as cluster:
+        node = await cluster.wait_for_leader()
+        client = cluster.network.client("client-1")
+        address = cluster.address_of(node.id)
+        expected = ["error", "TypeError", "this state machine has no query() method"]
+        response = await client.request(address, "query", query_body(False), timeout=5)
+        assert msgpack.unpackb(response.body) == expected
+        batch = msgpack.packb([query_body(True), query_body(False)])
+        response = await client.request(address, "query_batch", batch, timeout=5)
+        assert batch_answers(response) == [expected, expected]
