@@ -54,6 +54,7 @@ class TcpCluster:
         self.machines: dict[str, RecordingStateMachine] = {}
         self._stops: dict[str, trio.Event] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._exited: dict[str, trio.Event] = {}
 
     async def start(self, node_id: str) -> None:
         config = RaftConfig(
@@ -66,26 +67,33 @@ class TcpCluster:
         machine = self.machines[node_id] = RecordingStateMachine()
         stop = self._stops[node_id] = trio.Event()
         scope = self._scopes[node_id] = trio.CancelScope()
+        exited = self._exited[node_id] = trio.Event()
 
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                async with open_raft_node(config, machine) as node:
-                    self.nodes[node_id] = node
-                    task_status.started()
-                    await stop.wait()  # then leave the block: a graceful shutdown
+            try:
+                with scope:
+                    async with open_raft_node(config, machine) as node:
+                        self.nodes[node_id] = node
+                        task_status.started()
+                        await stop.wait()  # then leave the block: a graceful shutdown
+            finally:
+                exited.set()
 
         await self.nursery.start(run)
 
-    def stop(self, node_id: str) -> None:
-        """Shut the node down gracefully (a leader hands leadership over first)."""
+    async def stop(self, node_id: str) -> None:
+        """Shut the node down gracefully (a leader hands leadership over first); return once
+        it has left ``open_raft_node``."""
         self._stops.pop(node_id).set()
         self._scopes.pop(node_id)
         del self.nodes[node_id]
+        await self._exited.pop(node_id).wait()
 
     def kill(self, node_id: str) -> None:
         """Cancel the node at once: its connections drop, no handover."""
         self._scopes.pop(node_id).cancel()
         self._stops.pop(node_id)
+        self._exited.pop(node_id)
         del self.nodes[node_id]
 
     async def leader(self) -> RaftNode:

@@ -27,7 +27,7 @@ async def test_three_nodes_over_tcp_apply_commands_and_survive_leader_shutdown()
                     clients.start_soon(propose, worker)
             assert len(cluster.machines[leader.id].commands) == 1000
 
-            cluster.stop(leader.id)
+            await cluster.stop(leader.id)
             new_leader = await cluster.leader()
             assert new_leader.id != leader.id
             await new_leader.apply(b"after-failover")
@@ -54,7 +54,7 @@ async def test_leaving_the_context_hands_leadership_over_without_an_election(
             leader = await cluster.leader()
             await leader.apply(b"before")
             term = leader.status().term
-            cluster.stop(leader.id)
+            await cluster.stop(leader.id)
             new_leader = await cluster.leader()
             assert new_leader.status().term == term + 1  # one election: the transfer's
             handed = f"{leader.id}: handed leadership to {new_leader.id} before stopping"
