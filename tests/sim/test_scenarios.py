@@ -831,6 +831,46 @@ async def test_followers_learn_a_commit_soon_even_between_heartbeats(
         assert trio.current_time() - applied_at < 0.1
 
 
+class _ReplicatorSteps(trio.abc.Instrument):
+    """Counts the task steps of the leaders' replicator tasks."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._replicate_to"):
+            self.steps += 1
+
+
+async def test_the_leader_answers_its_followers_without_waking_its_replicators(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A follower's answer, the entries it lets through and the news of a higher commit
+    index are all dealt with in the task that delivered the answer: under a stream of
+    writes the replicator tasks, whose task switches would cost more than the sending,
+    sleep. (They wake for heartbeats, a second apart here, and for commit news that waited
+    ``_COMMIT_LINGER`` in vain.)"""
+    async with open_memory_cluster(
+        3, seed=54, election_timeout=5.0, heartbeat_interval=1.0
+    ) as cluster:
+        leader = await cluster.wait_for_leader()
+        await cluster.wait_applied(leader.status().commit_index)
+        counter = _ReplicatorSteps()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            started = trio.current_time()
+            for number in range(100):
+                await leader.apply(f"c{number}".encode())
+            elapsed = trio.current_time() - started
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        await cluster.wait_applied(leader.status().commit_index)
+        # Two replicators: a step each per heartbeat and at most one linger per write
+        # would be 200+; what remains is the heartbeats and the last write's commit news.
+        assert elapsed < 1.0
+        assert counter.steps <= 6, counter.steps
+
+
 async def test_the_leader_sends_new_entries_before_writing_them_itself(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
