@@ -414,15 +414,48 @@ def _point(
 ) -> dict[str, Any] | None:
     """The median (by throughput) of a config's runs at one point; ``kind``: "points"
     (writes) or "reads"."""
-    found = []
-    for run in report["runs"].get(config, {}).get("load", []):
-        for point in run.get(kind, []):
-            if point["inflight"] == inflight and point["size"] == size and "error" not in point:
-                found.append(point)
+    found = [point for point in _by_round(report, config, inflight, size, kind) if point]
     if not found:
         return None
     found.sort(key=lambda p: p["throughput"])
     return found[len(found) // 2]
+
+
+def _by_round(
+    report: dict[str, Any], config: str, inflight: int, size: int, kind: str = "points"
+) -> list[dict[str, Any] | None]:
+    """A config's point in each load round, in order (None where a round lacks it)."""
+    found: list[dict[str, Any] | None] = []
+    for run in report["runs"].get(config, {}).get("load", []):
+        found.append(None)
+        for point in run.get(kind, []):
+            if point["inflight"] == inflight and point["size"] == size and "error" not in point:
+                found[-1] = point
+    return found
+
+
+def _ratio_cell(
+    report: dict[str, Any],
+    points: dict[str, dict[str, Any]],
+    best: str | None,
+    inflight: int,
+    size: int,
+    kind: str = "points",
+) -> str:
+    """ours-durable / ``best`` throughput: the ratio of the medians, then each round's own
+    ratio. A round runs every configuration in turn, so its ratio is free of the machine's
+    drift between rounds."""
+    if best is None or "ours-durable" not in points:
+        return "n/a"
+    cell = _ratio(points["ours-durable"]["throughput"], points[best]["throughput"])
+    ours = _by_round(report, "ours-durable", inflight, size, kind)
+    theirs = _by_round(report, best, inflight, size, kind)
+    rounds = [
+        _ratio(a["throughput"], b["throughput"]).rstrip("x")
+        for a, b in zip(ours, theirs, strict=False)  # a config may lack late rounds
+        if a is not None and b is not None
+    ]
+    return f"{cell} ({', '.join(rounds)})" if len(rounds) > 1 else cell
 
 
 def _points(
@@ -519,7 +552,10 @@ def _render_header(report: dict[str, Any]) -> list[str]:
         "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",
         "Throughput counts requests acknowledged within the measured window (after a "
         "warm-up); latency is that of those requests. Counts are acknowledged/failed/unacked "
-        "requests over the whole run (including warm-up and drain).",
+        "requests over the whole run (including warm-up and drain). Each figure is the "
+        "median of the rounds; a ratio is that of the medians, followed (in brackets) by "
+        "each round's own ratio: a round runs every configuration in turn, so its ratio is "
+        "free of the machine's drift between rounds.",
     ]
 
 
@@ -544,7 +580,7 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
                 f"| {size} B | {inflight}{' (sequential)' if inflight == 1 else ''} "
                 f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
                 f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
-                f"| {_ratio(tp['ours-durable'], tp[best] if best else None)} "
+                f"| {_ratio_cell(report, p, best, inflight, size)} "
                 f"| {_latency(p.get('ours-durable'))} "
                 f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
                 f"| {_counts([p[c] for c in ('ours-durable',) if c in p])} "
@@ -582,7 +618,7 @@ def _render_reads(report: dict[str, Any]) -> list[str]:
             f"| {inflight}{' (sequential)' if inflight == 1 else ''} "
             f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
             f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
-            f"| {_ratio(tp['ours-durable'], tp[best] if best else None)} "
+            f"| {_ratio_cell(report, p, best, inflight, 16, 'reads')} "
             f"| {_latency(p.get('ours-durable'))} | {_latency(p.get('ours-memory'))} "
             f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
             f"| {_counts(ours)} | {_counts(pso)} |"
