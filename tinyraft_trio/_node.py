@@ -111,8 +111,9 @@ def _parse_query(body: bytes) -> tuple[bytes, bool] | None:
 
 _COMMIT_LINGER = 0.002
 """How long a follower's news of a higher commit index may wait to ride on the next entries
-before it is sent alone: under a stream of commands it never is, which halves the messages
-of sequential writes. Followers apply that much later; the leader's answers are not delayed."""
+before it is sent alone (counted from the latest advance, give or take half of it): under a
+stream of commands it never is, which halves the messages of sequential writes. Followers
+apply that much later; the leader's answers are not delayed."""
 
 
 class NodeObserver(Protocol):
@@ -1078,6 +1079,7 @@ class RaftNode:
                     elif message is not None:
                         self._transport.send_nowait(peer, message)
                     else:
+                        replicator.commit_due = False  # asked for once, after the deadline
                         if core.commit_behind(peer) and replicator.commit_deadline == math.inf:
                             replicator.commit_deadline = trio.current_time() + _COMMIT_LINGER
                         with trio.CancelScope(deadline=replicator.commit_deadline) as waiting:
