@@ -168,11 +168,15 @@ class _Replicator:
         """The scope of the task's wait, while it waits; its deadline is ``commit_deadline``."""
         self.scope = trio.CancelScope()
 
-    def send_commit_by(self, deadline: float) -> None:
-        """Have the task send the commit index alone at ``deadline`` (if still due then)."""
-        self.commit_deadline = deadline
-        if self.waiting is not None:
-            self.waiting.deadline = deadline
+    def linger_commit(self, now: float) -> None:
+        """Let the news of a higher commit index wait up to ``_COMMIT_LINGER`` from ``now``
+        for entries to carry it, then have the task send it alone. The deadline moves at
+        most every half linger: each move is a push onto Trio's deadline heap."""
+        deadline = now + _COMMIT_LINGER
+        if self.commit_deadline == math.inf or self.commit_deadline < deadline - _COMMIT_LINGER / 2:
+            self.commit_deadline = deadline
+            if self.waiting is not None:
+                self.waiting.deadline = deadline
 
 
 class RaftNode:
@@ -1080,8 +1084,8 @@ class RaftNode:
                         self._transport.send_nowait(peer, message)
                     else:
                         replicator.commit_due = False  # asked for once, after the deadline
-                        if core.commit_behind(peer) and replicator.commit_deadline == math.inf:
-                            replicator.commit_deadline = trio.current_time() + _COMMIT_LINGER
+                        if core.commit_behind(peer):
+                            replicator.linger_commit(trio.current_time())
                         with trio.CancelScope(deadline=replicator.commit_deadline) as waiting:
                             replicator.waiting = waiting
                             try:
@@ -1653,12 +1657,10 @@ class RaftNode:
                 if replicator is not None:
                     self._send_appends_to(core, peer, replicator)
         answered.clear()
-        deadline = trio.current_time() + _COMMIT_LINGER
-        stale = deadline - _COMMIT_LINGER / 2  # each move is a push onto Trio's deadline heap
+        now = trio.current_time()
         for peer, replicator in self._replicators.items():
-            armed = replicator.commit_deadline
-            if (armed == math.inf or armed < stale) and core.commit_behind(peer):
-                replicator.send_commit_by(deadline)
+            if core.commit_behind(peer):
+                replicator.linger_commit(now)
 
     def _wake_replicators(self, appended: bool) -> None:
         if appended and self._ready_loop_waiting:
