@@ -120,6 +120,17 @@ def _serve_connection(store: Store, sock: socket.socket) -> None:
                 send([request_id, "failed", f"unknown method {method!r}"])
 
 
+def _collect_like_our_nodes() -> None:
+    """Give this node process the garbage collector settings tinyraft_trio's node command
+    gives its own (``tune_gc``), so that both systems' nodes collect alike."""
+    try:
+        from tinyraft_trio._cli_node import tune_gc
+    except ImportError:  # a source tree from before tune_gc: its nodes keep the default too
+        print("tinyraft_trio has no tune_gc: Python's default GC thresholds", file=sys.stderr)
+        return
+    tune_gc()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--raft", required=True, help="this node's raft address host:port")
@@ -130,6 +141,7 @@ def main() -> int:
     parser.add_argument("--no-batch", action="store_true", help="appendEntriesUseBatch=False")
     args = parser.parse_args()
 
+    _collect_like_our_nodes()
     conf = SyncObjConf(appendEntriesUseBatch=not args.no_batch)
     store = Store(args.raft, args.partner, conf)
 

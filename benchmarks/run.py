@@ -146,6 +146,12 @@ def library_info() -> dict[str, str]:
         )
     else:
         info["tree"] = "--source " + str(SOURCE)
+    thresholds = "from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS as t; print(t)"
+    gc_of_nodes = subprocess.run(
+        [sys.executable, "-c", thresholds],
+        env=child_env(), capture_output=True, text=True, cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    info["node_gc"] = gc_of_nodes.stdout.strip() or "Python's default (700, 10, 10)"
     return info
 
 
@@ -547,6 +553,15 @@ def _render_header(report: dict[str, Any]) -> list[str]:
             else []
         ),
         f"Client process GC thresholds, for both systems: {client_gc}.",
+        *(
+            [
+                f"Node processes' GC, for both systems: {node_gc} after `gc.freeze()` "
+                "(tinyraft_trio's `node` command sets it; the PySyncObj runner calls the same "
+                "function).",
+            ]
+            if (node_gc := report["library"].get("node_gc", "")).startswith("(")
+            else []
+        ),
         "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
         "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
         "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -22,6 +23,13 @@ from ._state_machine import StateMachine
 
 Handler = Callable[[argparse.Namespace], int]
 DEFAULT_APP = "tinyraft_trio.examples.kv:KeyValueStore"
+
+NODE_GC_THRESHOLDS = (20_000, 20, 10)
+"""``gc.set_threshold`` of a node process (Python's default: (700, 10, 10)). A busy node
+allocates a few container objects per command, nearly all freed at once by reference
+counting; with the default, the collector still runs every few hundred commands and
+walks the whole log it holds in memory every few thousand (about 0.5-1 us of CPU per
+command per node, measured with ``gc.callbacks`` at 8,000 writes in flight)."""
 
 
 class CommandError(RaftError):
@@ -141,8 +149,21 @@ def _run_node(args: argparse.Namespace) -> int:
                 "--http needs the HTTP extra: install it with pip install 'tinyraft-trio[http]'"
             )
     factory = load_app(args.app)
+    tune_gc()
     trio.run(_serve_node, config, factory, http)
     return 0
+
+
+def tune_gc() -> None:
+    """Collect less often in a node process (``NODE_GC_THRESHOLDS``), and never again walk
+    what was loaded at startup (``gc.freeze``).
+
+    Only the node command does this: a library must not change its host's collector, so
+    ``open_raft_node`` leaves it alone (the README's tuning section says how to do the same).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*NODE_GC_THRESHOLDS)
 
 
 async def _serve_node(

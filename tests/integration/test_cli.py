@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from support import environment, free_loopback_ports, stop
 
 from tinyraft_trio import cli
-from tinyraft_trio._cli_node import config_from
+from tinyraft_trio import _cli_node
+from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS, config_from
 from tinyraft_trio.examples.kv import (
     KeyValueStore,
     cas_command,
@@ -112,6 +115,36 @@ def test_flags_win_over_the_environment() -> None:
     assert config.node_id == "flag"
     assert config.voter is False
     assert config.join == ("h:1",)
+
+
+def test_the_node_command_collects_garbage_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node command raises the GC thresholds and freezes what startup loaded before it
+    serves; the library itself leaves its host's collector alone."""
+    seen: dict[str, Any] = {}
+
+    def serve_instead(*args: object) -> None:
+        seen["threshold"] = gc.get_threshold()
+        seen["frozen"] = gc.get_freeze_count()
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(_cli_node.trio, "run", serve_instead)
+    try:
+        assert cli.main(["node", "--bootstrap", "--listen", "127.0.0.1:7000"]) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["threshold"] == NODE_GC_THRESHOLDS != before
+    assert seen["frozen"] > 1000
+
+
+async def test_a_node_run_by_the_library_leaves_the_collector_alone() -> None:
+    before = gc.get_threshold(), gc.get_freeze_count()
+    from tinyraft_trio import RaftConfig, open_raft_node
+
+    config = RaftConfig(node_id="n1", listen="127.0.0.1:0", bootstrap=True)
+    async with open_raft_node(config, KeyValueStore()) as node:
+        await node.apply(put_command("a", "1"))
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_the_key_value_store() -> None:
