@@ -29,6 +29,7 @@ from ._config import parse_address
 from ._exceptions import RaftError
 from ._outbox import Outbox
 from ._pending import DeadlineTimer, PendingCall
+from ._receive import receive_some
 from ._wire import (
     MAX_ID_CHARS,
     MAX_METHOD_CHARS,
@@ -705,7 +706,7 @@ class RpcClient:
         calls = connection.calls
         try:
             while True:
-                data = await stream.receive_some(_RECEIVE_BYTES)
+                data = await receive_some(stream, _RECEIVE_BYTES)
                 if not data:
                     logger.info("%s closed the connection", address)
                     self._forget(connection, "the node closed the connection")

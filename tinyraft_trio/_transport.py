@@ -25,6 +25,7 @@ from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
 from ._outbox import MAX_WRITE_BYTES, DirectWrites, Outbox, write_now
+from ._receive import receive_some
 from ._rpc import (
     DEFAULT_MAX_FRAME_BYTES,
     RequestHandler,
@@ -580,7 +581,7 @@ class TcpTransport:
                     delivered |= await self._take_burst(messages, peer_id, inbound, nursery, settle)
                 finally:
                     settle()
-                data = await stream.receive_some(_RECEIVE_BYTES)
+                data = await receive_some(stream, _RECEIVE_BYTES)
                 if not data:
                     logger.debug("%r at %s closed its connection", peer_id, remote)
                     break

@@ -1,0 +1,102 @@
+"""receive_some: what SocketStream.receive_some does for our readers, in fewer steps."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from tinyraft_trio._receive import receive_some
+
+
+async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+async def test_it_returns_what_arrived_and_empty_bytes_at_the_end() -> None:
+    left, right = await _pair()
+    await left.send_all(b"hello")
+    assert await receive_some(right, 3) == b"hel"
+    assert await receive_some(right, 100) == b"lo"
+    await left.aclose()
+    assert await receive_some(right, 100) == b""
+
+
+async def test_it_waits_for_data_and_can_be_cancelled_while_waiting() -> None:
+    left, right = await _pair()
+    received: list[bytes] = []
+
+    async def read() -> None:
+        received.append(await receive_some(right, 100))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert received == []
+        await left.send_all(b"late")
+    assert received == [b"late"]
+
+    with trio.move_on_after(0.01) as scope:
+        await receive_some(right, 100)
+    assert scope.cancelled_caught
+
+
+async def test_it_is_a_checkpoint_even_when_data_is_there() -> None:
+    left, right = await _pair()
+    await left.send_all(b"ready")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await receive_some(right, 100)  # cancelled before reading: the data stays
+    assert scope.cancelled_caught
+    assert await receive_some(right, 100) == b"ready"
+
+    await left.send_all(b"again")
+    steps = _StepsOf(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        assert await receive_some(right, 100) == b"again"
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.count == 1  # it read at once, and still yielded to the scheduler once
+
+
+class _StepsOf(trio.abc.Instrument):
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def test_a_reset_connection_raises_the_sockets_oserror() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    linger_zero = struct.pack("ii", 1, 0)  # close() then resets the connection
+    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+    await client.aclose()
+    with pytest.raises(ConnectionResetError):
+        await receive_some(server, 100)
+    await server.aclose()
+    await listeners[0].aclose()
+
+
+async def test_a_stream_closed_while_waiting_raises_closed_resource_error() -> None:
+    left, right = await _pair()
+
+    async def close_soon() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        await right.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close_soon)
+        with pytest.raises(trio.ClosedResourceError):
+            await receive_some(right, 100)
+    await left.aclose()
