@@ -12,8 +12,7 @@ import pytest
 import trio
 from support import environment, free_loopback_ports, stop
 
-from tinyraft_trio import cli
-from tinyraft_trio import _cli_node
+from tinyraft_trio import _cli_node, cli
 from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS, config_from
 from tinyraft_trio.examples.kv import (
     KeyValueStore,
