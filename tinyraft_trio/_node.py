@@ -783,13 +783,20 @@ class RaftNode:
     # ------------------------------------------------------------------ tasks
 
     async def _run_election_timer(self) -> None:
-        """Start an election whenever the deadline passes without being pushed back (§5.2)."""
+        """Start an election whenever the deadline passes without being pushed back (§5.2).
+
+        The scope's deadline lags behind ``_election_deadline``, which every message from
+        the leader pushes back: it wakes this task about once per election timeout to
+        catch up, instead of a deadline move for each message (see ``_set_election_deadline``).
+        """
         core = self._running_core()
         while True:
             with trio.CancelScope(deadline=self._election_deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
+            if trio.current_time() < self._election_deadline:
+                continue  # pushed back since the scope was set: sleep until the new one
             if self._storage_error is not None:
                 await trio.sleep_forever()
             self._election_deadline = trio.current_time() + self._random_election_timeout()
@@ -1712,9 +1719,17 @@ class RaftNode:
             self._set_election_deadline(trio.current_time() + self._random_election_timeout())
 
     def _set_election_deadline(self, deadline: float) -> None:
+        """Start an election at ``deadline`` unless pushed back again before then.
+
+        Only an earlier deadline moves the timer's scope at once. A later one waits for the
+        scope to expire (``_run_election_timer``): moving a scope's deadline costs Trio a
+        context manager and a push onto its deadline heap, and a follower would otherwise
+        pay it for every AppendEntries.
+        """
         self._election_deadline = deadline
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = deadline
+        scope = self._timer_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     def _peer_gone(self, peer_id: NodeId) -> None:
         """The connection from ``peer_id`` closed. If it was our leader, its process most

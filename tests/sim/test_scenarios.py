@@ -871,6 +871,44 @@ async def test_the_leader_answers_its_followers_without_waking_its_replicators(
         assert counter.steps <= 6, counter.steps
 
 
+async def test_a_follower_hearing_its_leader_does_not_move_its_timer_per_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each message from the leader pushes the election deadline back, but the timer's
+    scope only catches up when it expires (about once per election timeout): moving a
+    Trio deadline for every AppendEntries cost a follower more than the message did.
+    The timer still fires once the leader falls silent."""
+    async with open_memory_cluster(3, seed=55, election_timeout=1.0) as cluster:
+        leader = await cluster.wait_for_leader()
+        await cluster.wait_applied(leader.status().commit_index)
+        follower = next(n for n in cluster.running.values() if n is not leader)
+        term = follower.status().term
+        scope_deadlines, election_deadlines = set(), set()
+        started = trio.current_time()
+        for number in range(200):
+            await leader.apply(f"c{number}".encode())
+            await trio.sleep(0.005)
+            scope = follower._timer_scope
+            assert scope is not None
+            scope_deadlines.add(scope.deadline)
+            election_deadlines.add(follower._election_deadline)
+        elapsed = trio.current_time() - started
+        assert follower.status().term == term  # no election while the leader is heard
+        assert len(election_deadlines) > 150  # pushed back by (nearly) every write
+        # The scope moves when it expires (once per election timeout) and when a new
+        # random deadline comes before its own (a new lowest draw: about ln(200) = 5.3
+        # times in 200 draws); before, it moved for every message.
+        assert elapsed < 2.0
+        assert len(scope_deadlines) <= 20, len(scope_deadlines)
+
+        await cluster.crash(leader.id)
+        silenced = trio.current_time()
+        await cluster.wait_until(lambda: follower.status().term > term)
+        # Campaigning within [1, 2) election timeouts of the last message, as before (or
+        # sooner: a follower whose leader's connection closes campaigns at once).
+        assert trio.current_time() - silenced < 2.0
+
+
 async def test_the_leader_sends_new_entries_before_writing_them_itself(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -171,17 +171,21 @@ class RaftCore:
         return (
             bool(self._messages)
             or self.log.has_unstable
-            or self.hard_state != self._handed_hard_state
+            or self._hard_state_changed()
             or self._received_snapshot is not None
         )
 
+    def _hard_state_changed(self) -> bool:
+        """Whether term or vote differ from the last hard state handed to the driver
+        (compared field by field: the driver asks after every message)."""
+        handed = self._handed_hard_state
+        return self.current_term != handed.current_term or self.voted_for != handed.voted_for
+
     def take_ready(self) -> Ready:
         """Hand the pending persistence work and messages to the driver."""
-        hard_state: HardState | None = self.hard_state
-        if hard_state == self._handed_hard_state:
-            hard_state = None
-        else:
-            self._handed_hard_state = self.hard_state
+        hard_state: HardState | None = None
+        if self._hard_state_changed():
+            hard_state = self._handed_hard_state = self.hard_state
         first_index: Index | None = None
         entries: list[Entry] = []
         if self.log.has_unstable:
