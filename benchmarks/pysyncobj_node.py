@@ -19,6 +19,7 @@ may be stale (a deposed leader answers too).
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import socket
 import struct
@@ -120,15 +121,15 @@ def _serve_connection(store: Store, sock: socket.socket) -> None:
                 send([request_id, "failed", f"unknown method {method!r}"])
 
 
-def _collect_like_our_nodes() -> None:
-    """Give this node process the garbage collector settings tinyraft_trio's node command
-    gives its own (``tune_gc``), so that both systems' nodes collect alike."""
-    try:
-        from tinyraft_trio._cli_node import tune_gc
-    except ImportError:  # a source tree from before tune_gc: its nodes keep the default too
-        print("tinyraft_trio has no tune_gc: Python's default GC thresholds", file=sys.stderr)
-        return
-    tune_gc()
+def _collect_like_our_nodes(thresholds: str | None) -> None:
+    """Collect garbage as tinyraft_trio's node command does (``tune_gc``: freeze what startup
+    loaded, then ``thresholds``), so that both systems' nodes collect alike. Done here rather
+    than by importing tinyraft_trio, which would add its modules (and trio's) to this
+    process's memory."""
+    if thresholds:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*(int(value) for value in thresholds.split(",")))
 
 
 def main() -> int:
@@ -139,9 +140,10 @@ def main() -> int:
     )
     parser.add_argument("--control", required=True, help="control server address host:port")
     parser.add_argument("--no-batch", action="store_true", help="appendEntriesUseBatch=False")
+    parser.add_argument("--gc-threshold", help="gc.set_threshold values, after gc.freeze()")
     args = parser.parse_args()
 
-    _collect_like_our_nodes()
+    _collect_like_our_nodes(args.gc_threshold)
     conf = SyncObjConf(appendEntriesUseBatch=not args.no_batch)
     store = Store(args.raft, args.partner, conf)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -150,13 +151,22 @@ def library_info() -> dict[str, str]:
         )
     else:
         info["tree"] = "--source " + str(SOURCE)
-    thresholds = "from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS as t; print(t)"
-    gc_of_nodes = subprocess.run(
-        [sys.executable, "-c", thresholds],
+    thresholds = node_gc_thresholds()
+    info["node_gc"] = str(thresholds) if thresholds else "Python's default (700, 10, 10)"
+    return info
+
+
+@functools.cache
+def node_gc_thresholds() -> tuple[int, ...] | None:
+    """The GC thresholds tinyraft_trio's ``node`` command sets (after ``gc.freeze()``), for
+    the PySyncObj runner to set too; None for a source tree whose nodes keep the default.
+    Asked of a child process: the library under test may not be the one importable here."""
+    query = "from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS as t; print(*t)"
+    answer = subprocess.run(
+        [sys.executable, "-c", query],
         env=child_env(), capture_output=True, text=True, cwd=tempfile.gettempdir(),
     )  # fmt: skip
-    info["node_gc"] = gc_of_nodes.stdout.strip() or "Python's default (700, 10, 10)"
-    return info
+    return tuple(int(value) for value in answer.stdout.split()) or None
 
 
 class Cluster:
@@ -198,6 +208,8 @@ class Cluster:
                 ]  # fmt: skip
                 if self.config == "pso-nobatch":
                     command.append("--no-batch")
+                if thresholds := node_gc_thresholds():
+                    command.append("--gc-threshold=" + ",".join(map(str, thresholds)))
                 self._spawn(command, env, f"p{i + 1}")
             self.addresses = control
 
@@ -560,8 +572,8 @@ def _render_header(report: dict[str, Any]) -> list[str]:
         *(
             [
                 f"Node processes' GC, for both systems: {node_gc} after `gc.freeze()` "
-                "(tinyraft_trio's `node` command sets it; the PySyncObj runner calls the same "
-                "function).",
+                "(tinyraft_trio's `node` command sets it; the PySyncObj runner does the same, "
+                "`--gc-threshold`).",
             ]
             if (node_gc := report["library"].get("node_gc", "")).startswith("(")
             else []
