@@ -151,8 +151,6 @@ def library_info() -> dict[str, str]:
         )
     else:
         info["tree"] = "--source " + str(SOURCE)
-    thresholds = node_gc_thresholds()
-    info["node_gc"] = str(thresholds) if thresholds else "Python's default (700, 10, 10)"
     return info
 
 
@@ -390,6 +388,7 @@ def main() -> int:
         "versions": versions(),
         "library": library_info(),
         "client_gc": CLIENT_GC,
+        "node_gc": node_gc_thresholds(),
         "wall_seconds": wall,
         "load": {
             "our_cores": (own1 - own0) / wall,
@@ -543,6 +542,12 @@ def _render_header(report: dict[str, Any]) -> list[str]:
     client_gc = "Python's default (700, 10, 10)"
     if report.get("client_gc"):
         client_gc = f"{tuple(report['client_gc'])} (`gc.set_threshold`; default (700, 10, 10))"
+    node_gc = "Python's default (700, 10, 10)"
+    if report.get("node_gc"):
+        node_gc = (
+            f"{tuple(report['node_gc'])} after `gc.freeze()` (tinyraft_trio's `node` command "
+            "sets it; the PySyncObj runner does the same, `--gc-threshold`)"
+        )
     return [
         f"# tinyraft_trio vs PySyncObj — {report['date']}{' (--quick)' if report['quick'] else ''}",
         "",
@@ -569,15 +574,7 @@ def _render_header(report: dict[str, Any]) -> list[str]:
             else []
         ),
         f"Client process GC thresholds, for both systems: {client_gc}.",
-        *(
-            [
-                f"Node processes' GC, for both systems: {node_gc} after `gc.freeze()` "
-                "(tinyraft_trio's `node` command sets it; the PySyncObj runner does the same, "
-                "`--gc-threshold`).",
-            ]
-            if (node_gc := report["library"].get("node_gc", "")).startswith("(")
-            else []
-        ),
+        *([f"Node processes' GC, for both systems: {node_gc}."] if "node_gc" in report else []),
         "3 nodes + 1 client process on 127.0.0.1. ours-durable fsyncs before acknowledging; "
         "ours-memory keeps the log in memory; PySyncObj never fsyncs (default: no journal). "
         "pso-best = the better of its default (batching on) and `appendEntriesUseBatch=False`.",

@@ -159,7 +159,7 @@ def tune_gc() -> None:
     what was loaded at startup (``gc.freeze``).
 
     Only the node command does this: a library must not change its host's collector, so
-    ``open_raft_node`` leaves it alone (the README's tuning section says how to do the same).
+    ``open_raft_node`` leaves it alone (the README's command-line section says so).
     """
     gc.collect()
     gc.freeze()
