@@ -154,17 +154,31 @@ def library_info() -> dict[str, str]:
     return info
 
 
-@functools.cache
-def node_gc_thresholds() -> tuple[int, ...] | None:
-    """The GC thresholds tinyraft_trio's ``node`` command sets (after ``gc.freeze()``), for
-    the PySyncObj runner to set too; None for a source tree whose nodes keep the default.
+def _ask_library(query: str) -> str:
+    """What ``query`` (Python source) prints, run by the library under test.
+
     Asked of a child process: the library under test may not be the one importable here."""
-    query = "from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS as t; print(*t)"
     answer = subprocess.run(
         [sys.executable, "-c", query],
         env=child_env(), capture_output=True, text=True, cwd=tempfile.gettempdir(),
     )  # fmt: skip
-    return tuple(int(value) for value in answer.stdout.split()) or None
+    return answer.stdout
+
+
+@functools.cache
+def node_gc_thresholds() -> tuple[int, ...] | None:
+    """The GC thresholds tinyraft_trio's ``node`` command sets (after ``gc.freeze()``), for
+    the PySyncObj runner to set too; None for a source tree whose nodes keep the default."""
+    query = "from tinyraft_trio._cli_node import NODE_GC_THRESHOLDS as t; print(*t)"
+    return tuple(int(value) for value in _ask_library(query).split()) or None
+
+
+@functools.cache
+def snapshot_threshold() -> int | None:
+    """The library's default ``snapshot_threshold``, which the benchmark's nodes run with."""
+    query = "from tinyraft_trio import RaftConfig; print(RaftConfig().snapshot_threshold)"
+    answer = _ask_library(query).strip()
+    return int(answer) if answer.isdigit() else None
 
 
 class Cluster:
@@ -389,6 +403,7 @@ def main() -> int:
         "library": library_info(),
         "client_gc": CLIENT_GC,
         "node_gc": node_gc_thresholds(),
+        "snapshot_threshold": snapshot_threshold(),
         "wall_seconds": wall,
         "load": {
             "our_cores": (own1 - own0) / wall,
@@ -724,6 +739,8 @@ def _render_memory(report: dict[str, Any]) -> list[str]:
     any_result = next(iter(results.values()))
     leaders = {c: _memory_nodes(r)[r.get("leader", 0)] for c, r in results.items()}
     pso_end = leaders["pso-default"]["end"] if "pso-default" in leaders else None
+    # Reports from before the threshold was recorded ran with 8,192, the default then.
+    snapshot_every = f"{report.get('snapshot_threshold') or 8192:,}"
     lines = [
         "",
         f"## Memory ({any_result['commands']:,} writes, {any_result['inflight']} in flight, "
@@ -734,8 +751,8 @@ def _render_memory(report: dict[str, Any]) -> list[str]:
         f"{any_result['samples'][1]['acked'] if len(any_result['samples']) > 1 else 0:,} "
         "acknowledged writes; middle = the sample nearest half of them. Peak = VmHWM at the "
         "end (the kernel updates it lazily: it can be a little below the largest sample). "
-        "Snapshots are on (tinyraft_trio: every 8,192 entries; PySyncObj: its log "
-        "compaction defaults). MiB throughout.",
+        f"Snapshots are on (tinyraft_trio: every {snapshot_every} entries; PySyncObj: its "
+        "log compaction defaults). MiB throughout.",
         "",
         "| config | writes acked | ops/s | counts | leader RSS start / middle / end | "
         "leader growth 1st / 2nd half | leader end RSS / pso-default |",

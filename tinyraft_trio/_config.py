@@ -78,7 +78,9 @@ class RaftConfig:
             Segments are deleted whole once a snapshot covers them, so this bounds the log
             kept behind the last snapshot (on disk, and its index in memory).
         snapshot_threshold: take a snapshot once this many entries were applied since the
-            last one.
+            last one. The log since the last snapshot stays in memory, and every snapshot
+            writes the whole state: a larger threshold costs memory, a smaller one CPU and
+            disk when the state is large.
         trailing_entries: entries kept in the log behind a snapshot, so a follower that is
             only slightly behind catches up from the log rather than from a snapshot.
         snapshot_chunk_bytes: most snapshot bytes in one InstallSnapshot message.
@@ -113,7 +115,7 @@ class RaftConfig:
     seed: int | None = None
     data_dir: str | None = None
     segment_bytes: int = 4 * 1024 * 1024
-    snapshot_threshold: int = 8192
+    snapshot_threshold: int = 32768
     trailing_entries: int = 1024
     snapshot_chunk_bytes: int = 1024 * 1024
     promote_within_entries: int = 64
