@@ -78,6 +78,35 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def disk_sync_latency(directory: Path, samples: int = 300) -> dict[str, float]:
+    """How long ``fdatasync`` of a small append takes in ``directory`` now (µs, p50/p99).
+
+    The disk is shared with whatever else runs on the host, and its sync latency can double
+    from one hour to the next; durable writes, sequential ones above all, follow it. So
+    each round records it, as the load above records the CPUs. The appends are 1 ms apart,
+    like a sequential writer's.
+    """
+    path = directory / "sync-probe"
+    sync = getattr(os, "fdatasync", os.fsync)
+    took: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(samples):
+            os.write(fd, b"x" * 100)
+            started = time.perf_counter()
+            sync(fd)
+            took.append(time.perf_counter() - started)
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+        path.unlink()
+    took.sort()
+    return {
+        "p50_us": took[len(took) // 2] * 1e6,
+        "p99_us": took[min(len(took) - 1, len(took) * 99 // 100)] * 1e6,
+    }
+
+
 def _busy_seconds() -> float | None:
     """All CPUs' busy time so far (from /proc/stat), in seconds."""
     try:
@@ -353,8 +382,10 @@ def main() -> int:
     runs: dict[str, Any] = {
         c: {"load": [], "failover": [], "graceful": [], "memory": []} for c in configs
     }
+    disk: list[dict[str, float]] = []
     try:
         for _ in range(rounds):
+            disk.append(disk_sync_latency(workroot))
             for config in configs:
                 print(f"[{time.time() - started_wall:6.1f}s] {config}: load", flush=True)
                 result = run_config(config, load_plan, workroot, timeout=300)
@@ -383,6 +414,7 @@ def main() -> int:
             result = run_config(config, _memory_plan(memory_commands), workroot,
                                 timeout=120 + memory_commands / 1000)  # fmt: skip
             runs[config]["memory"].append(result.get("memory") or result)
+        disk.append(disk_sync_latency(workroot))
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     wall = time.time() - started_wall
@@ -411,6 +443,7 @@ def main() -> int:
             "loadavg_before": load0,
             "loadavg_after": load1,
         },
+        "disk_sync": disk,
         "runs": runs,
     }
     markdown = render(report)
@@ -578,6 +611,16 @@ def _render_header(report: dict[str, Any]) -> list[str]:
         f"{_fmt(report['load']['other_cores'], 2)} cores (loadavg before "
         f"{report['load']['loadavg_before'][0]:.2f}, "
         f"after {report['load']['loadavg_after'][0]:.2f}).",
+        *(
+            [
+                "Disk: `fdatasync` of a 100-byte append (1 ms apart, in the data dirs' file "
+                "system) took p50 / p99 "
+                + ", ".join(f"{d['p50_us']:.0f} / {d['p99_us']:.0f} µs" for d in disk_sync)
+                + " at the start of each round and at the end: durable writes wait on it."
+            ]
+            if (disk_sync := report.get("disk_sync"))
+            else []
+        ),
         "",
         *(
             [
