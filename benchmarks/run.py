@@ -100,10 +100,9 @@ def disk_sync_latency(directory: Path, samples: int = 300) -> dict[str, float]:
     finally:
         os.close(fd)
         path.unlink()
-    took.sort()
     return {
-        "p50_us": took[len(took) // 2] * 1e6,
-        "p99_us": took[min(len(took) - 1, len(took) * 99 // 100)] * 1e6,
+        "p50_us": statistics.median(took) * 1e6,
+        "p99_us": statistics.quantiles(took, n=100)[98] * 1e6,
     }
 
 
@@ -596,6 +595,14 @@ def _render_header(report: dict[str, Any]) -> list[str]:
             f"{tuple(report['node_gc'])} after `gc.freeze()` (tinyraft_trio's `node` command "
             "sets it; the PySyncObj runner does the same, `--gc-threshold`)"
         )
+    disk_lines = []
+    if report.get("disk_sync"):
+        disk_lines.append(
+            "Disk: `fdatasync` of a 100-byte append (1 ms apart, in the data dirs' file system) "
+            "took p50 / p99 "
+            + ", ".join(f"{d['p50_us']:.0f} / {d['p99_us']:.0f} µs" for d in report["disk_sync"])
+            + " at the start of each round and at the end: durable writes wait on it."
+        )
     return [
         f"# tinyraft_trio vs PySyncObj — {report['date']}{' (--quick)' if report['quick'] else ''}",
         "",
@@ -611,16 +618,7 @@ def _render_header(report: dict[str, Any]) -> list[str]:
         f"{_fmt(report['load']['other_cores'], 2)} cores (loadavg before "
         f"{report['load']['loadavg_before'][0]:.2f}, "
         f"after {report['load']['loadavg_after'][0]:.2f}).",
-        *(
-            [
-                "Disk: `fdatasync` of a 100-byte append (1 ms apart, in the data dirs' file "
-                "system) took p50 / p99 "
-                + ", ".join(f"{d['p50_us']:.0f} / {d['p99_us']:.0f} µs" for d in disk_sync)
-                + " at the start of each round and at the end: durable writes wait on it."
-            ]
-            if (disk_sync := report.get("disk_sync"))
-            else []
-        ),
+        *disk_lines,
         "",
         *(
             [
