@@ -119,9 +119,34 @@ async def test_finished_calls_do_not_pile_up_and_live_ones_still_expire(
             call = RecordingCall(deadline=start + 60 + n)
             timer.watch(call, nursery)
             call.finish("done")
-        assert len(timer._heap) < 5_000
+        assert len(timer._queue) + len(timer._heap) < 5_000
         await trio.sleep(100)
         assert woke == [(start + 50, forgotten)] and forgotten.timed_out
+        nursery.cancel_scope.cancel()
+
+
+async def test_calls_expire_at_their_deadlines_in_or_out_of_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Deadlines that come in order and out of order (a shorter timeout after a longer one)
+    all expire on time, and a finished call among them never does."""
+    start = trio.current_time()
+    timer = DeadlineTimer()
+    offsets = [5, 5, 7, 3, 9, 1, 8, 8, 2, 10, 6, 4]
+    calls = [RecordingCall(deadline=start + offset) for offset in offsets]
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        for call in calls:
+            timer.watch(call, nursery)
+            nursery.start_soon(wait_and_record, call, woke)
+        await trio.testing.wait_all_tasks_blocked()
+        calls[4].finish("answered")  # deadline 9, in the middle of the queue
+        await trio.sleep(20)
+        woke_at = {id(call): when for when, call in woke}
+        assert len(woke_at) == len(calls)
+        for index, (offset, call) in enumerate(zip(offsets, calls, strict=True)):
+            assert woke_at[id(call)] == (start if index == 4 else start + offset)
+        assert [call.timed_out for call in calls] == [index != 4 for index in range(12)]
         nursery.cancel_scope.cancel()
 
 

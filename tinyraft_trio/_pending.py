@@ -7,13 +7,14 @@ answer wakes it directly, and one timer task per client ends the calls that wait
 
 Every object a waiting call holds is one more for Python's cyclic garbage collector to walk,
 again and again while the call waits; with thousands in flight that walking is a third of a
-client's CPU. So a call is its own abort callback and its own entry in the timer's heap.
+client's CPU. So a call is its own abort callback and its own entry in the timer's queue.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 
 import trio
 
@@ -44,7 +45,7 @@ class PendingCall:
         """The caller stopped waiting (deadline or cancellation); undo what the call holds."""
 
     def __lt__(self, other: PendingCall) -> bool:
-        """Earlier deadline first, as the timer's heap orders calls."""
+        """Earlier deadline first, as the timer orders the calls it cannot queue in order."""
         return self.deadline < other.deadline
 
     def __call__(self, _: object) -> trio.lowlevel.Abort:
@@ -99,44 +100,69 @@ class DeadlineTimer:
     """Expires the ``PendingCall``s given to ``watch`` when their deadlines pass.
 
     One task (started in the given nursery on first use) sleeps until the earliest deadline.
-    Calls that finish early stay in the heap until they reach its top or the heap is
+    Calls that finish early stay queued until they reach the front or the queues are
     compacted, so the timer wakes about once per deadline that really passes, not once
     per call.
+
+    Most callers give every request the same timeout, so deadlines mostly come in order:
+    those go to a FIFO queue, which costs no comparison of calls (each is a Python-level
+    ``__lt__``); only a deadline earlier than the last queued one goes to a heap.
     """
 
-    __slots__ = ("_compact_at", "_heap", "_scope", "_started")
+    __slots__ = ("_compact_at", "_heap", "_queue", "_scope", "_started")
 
     def __init__(self) -> None:
+        self._queue: deque[PendingCall] = deque()
+        """Invariant: deadlines in non-decreasing order."""
         self._heap: list[PendingCall] = []
+        """The calls whose deadline came out of order."""
         self._compact_at = _MIN_COMPACT_AT
-        """Drop finished calls from the heap when it grows this long (amortized O(1))."""
+        """Drop finished calls when the queues grow this long (amortized O(1))."""
         self._scope: trio.CancelScope | None = None
-        """The timer task's sleep, once it runs; its deadline is at most the heap's first."""
+        """The timer task's sleep, once it runs; its deadline is at most the earliest one."""
         self._started = False
 
     def watch(self, call: PendingCall, nursery: trio.Nursery) -> None:
-        if len(self._heap) >= self._compact_at:
-            self._heap = [waiting for waiting in self._heap if not waiting.finished]
-            heapq.heapify(self._heap)
-            self._compact_at = max(_MIN_COMPACT_AT, 2 * len(self._heap))
-        heapq.heappush(self._heap, call)
+        queue = self._queue
+        if len(queue) + len(self._heap) >= self._compact_at:
+            self._compact()
+            queue = self._queue
+        deadline = call.deadline
+        if not queue or queue[-1].deadline <= deadline:
+            queue.append(call)
+        else:
+            heapq.heappush(self._heap, call)
         if not self._started:
             self._started = True
             nursery.start_soon(self._run, name="tinyraft rpc deadlines")
         scope = self._scope
-        if scope is not None and call.deadline < scope.deadline:
-            scope.deadline = call.deadline
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    def _compact(self) -> None:
+        self._queue = deque(call for call in self._queue if not call.finished)
+        self._heap = [call for call in self._heap if not call.finished]
+        heapq.heapify(self._heap)
+        self._compact_at = max(_MIN_COMPACT_AT, 2 * (len(self._queue) + len(self._heap)))
+
+    def _earliest(self) -> float:
+        """The earliest deadline of a call still waiting (dropping finished ones met first)."""
+        queue, heap = self._queue, self._heap
+        while queue and queue[0].finished:
+            queue.popleft()
+        while heap and heap[0].finished:
+            heapq.heappop(heap)
+        return min(queue[0].deadline if queue else math.inf, heap[0].deadline if heap else math.inf)
 
     async def _run(self) -> None:
         while True:
-            heap = self._heap
-            while heap and heap[0].finished:
-                heapq.heappop(heap)
-            with trio.CancelScope(deadline=heap[0].deadline if heap else math.inf) as scope:
+            with trio.CancelScope(deadline=self._earliest()) as scope:
                 self._scope = scope
                 await trio.sleep_forever()
             self._scope = None
-            heap = self._heap
             now = trio.current_time()
+            queue, heap = self._queue, self._heap
+            while queue and queue[0].deadline <= now:
+                queue.popleft().expire()
             while heap and heap[0].deadline <= now:
                 heapq.heappop(heap).expire()
