@@ -332,6 +332,29 @@ def test_byte_by_byte_feeding() -> None:
     assert FrameDecoder(MIB).feed(memoryview(stream)) == EXAMPLES
 
 
+def test_a_partial_frame_says_how_many_bytes_it_misses() -> None:
+    data = encode_frame(EXAMPLES[1]) + encode_frame(EXAMPLES[2])
+    first = len(encode_frame(EXAMPLES[1]))
+    decoder = FrameDecoder(MIB)
+    assert decoder.missing_bytes == 0
+    assert decoder.feed(data[:2]) == [] and decoder.missing_bytes == 2  # the header's rest
+    assert decoder.feed(data[2:10]) == [] and decoder.missing_bytes == first - 10
+    assert decoder.feed(data[10 : first + 1]) == [EXAMPLES[1]]
+    assert decoder.missing_bytes == 3 and decoder.buffered_bytes == 1
+    assert decoder.feed(data[first + 1 :]) == [EXAMPLES[2]] and decoder.missing_bytes == 0
+
+
+def test_a_buffer_the_caller_reuses_does_not_change_a_kept_partial_frame() -> None:
+    data = encode_frame(EXAMPLES[1])
+    decoder = FrameDecoder(MIB)
+    for cut in (3, 9):  # in the header, then in the body
+        buffer = bytearray(data[:cut])
+        assert decoder.feed(buffer) == []
+        buffer[:] = b"\xff" * cut  # the caller's next read lands in the same buffer
+        data = data[cut:]
+    assert decoder.feed(memoryview(data)) == [EXAMPLES[1]]
+
+
 def test_partial_frame_is_kept_until_complete() -> None:
     data = encode_frame(EXAMPLES[1])
     decoder = FrameDecoder(MIB)

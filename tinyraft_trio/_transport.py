@@ -581,7 +581,9 @@ class TcpTransport:
                     delivered |= await self._take_burst(messages, peer_id, inbound, nursery, settle)
                 finally:
                     settle()
-                data = await receive_some(stream, _RECEIVE_BYTES)
+                # A large frame (AppendEntries, a batch of requests) in as few reads as the
+                # socket allows.
+                data = await receive_some(stream, max(_RECEIVE_BYTES, decoder.missing_bytes))
                 if not data:
                     logger.debug("%r at %s closed its connection", peer_id, remote)
                     break

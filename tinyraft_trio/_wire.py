@@ -760,15 +760,30 @@ class FrameDecoder:
         if max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes: must be >= 1, got {max_frame_bytes}")
         self._max_frame_bytes = max_frame_bytes
-        # Invariant: holds no complete frame between calls to feed(), and no more than the
-        # header plus max_frame_bytes of one frame.
-        self._buffer = bytearray()
+        # The start of an incomplete frame, in the pieces it came in: joined once, when the
+        # frame is complete, rather than grown (and so copied again) by every piece.
+        # Invariant: between calls to feed(), the pieces hold no complete frame, and no more
+        # than the header plus max_frame_bytes of one frame.
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        """The pieces' total length."""
+        self._wanted = _HEADER_SIZE
+        """The length the pieces must reach before a frame can be complete."""
         self._error: ProtocolError | None = None
 
     @property
     def buffered_bytes(self) -> int:
         """How many bytes of an incomplete frame are waiting for the rest of it."""
-        return len(self._buffer)
+        return self._buffered
+
+    @property
+    def missing_bytes(self) -> int:
+        """How many more bytes (at least) the incomplete frame needs; 0 if there is none.
+
+        A reader may ask its socket for that many at once: a large frame then comes in
+        fewer reads.
+        """
+        return self._wanted - self._buffered if self._buffered else 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[WireMessage]:
         """Add ``data`` from the stream; return every message completed by it, in order.
@@ -779,15 +794,20 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise ProtocolError(f"stream already failed: {self._error}")
-        buffer = self._buffer
-        buffer += data
+        if self._pieces:
+            self._pieces.append(bytes(data))  # a copy only if the caller may reuse its buffer
+            self._buffered += len(data)
+            if self._buffered < self._wanted:
+                return []
+            data = b"".join(self._pieces)
         messages: list[WireMessage] = []
-        end = len(buffer)
+        end = len(data)
         position = 0
+        length = 0
         try:
-            with memoryview(buffer) as view:
+            with memoryview(data) as view:
                 while end - position >= _HEADER_SIZE:
-                    (length,) = _HEADER.unpack_from(buffer, position)
+                    (length,) = _HEADER.unpack_from(data, position)
                     if length > self._max_frame_bytes:
                         raise ProtocolError(
                             f"frame of {length} bytes exceeds max_frame_bytes "
@@ -797,13 +817,22 @@ class FrameDecoder:
                     if end - start < length:
                         break
                     position = start + length
-                    # Released explicitly so no view outlives this loop (a live view would
-                    # forbid resizing the buffer), even one kept by an exception's traceback.
+                    # Released explicitly so no view outlives this loop, even one kept by an
+                    # exception's traceback.
                     with view[start:position] as payload:
                         messages.append(decode_payload(payload))
+                rest = end - position
+                if not rest:
+                    self._pieces = []
+                elif position == 0 and type(data) is bytes:
+                    self._pieces = [data]  # immutable: kept as it is
+                else:
+                    self._pieces = [bytes(view[position:])]
         except ProtocolError as exc:
             self._error = exc
-            self._buffer = bytearray()
+            self._pieces = []
+            self._buffered = 0
             raise
-        del buffer[:position]
+        self._buffered = rest
+        self._wanted = _HEADER_SIZE + length if rest >= _HEADER_SIZE else _HEADER_SIZE
         return messages
