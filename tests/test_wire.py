@@ -332,6 +332,25 @@ def test_byte_by_byte_feeding() -> None:
     assert FrameDecoder(MIB).feed(memoryview(stream)) == EXAMPLES
 
 
+@pytest.mark.parametrize("size", [4095, 4096, 65535, 65536, 70_000, MIB])
+def test_a_large_body_frame_is_byte_for_byte_what_msgpack_packs(size: int) -> None:
+    """Requests and Responses with large bodies are joined from pieces, not packed whole:
+    the bytes on the wire must not change (bin 16 / bin 32 headers, any request id)."""
+    for message in (
+        Request(request_id=2**40 + 5, method="apply_batch", body=b"x" * size),
+        Response(request_id=7, ok=False, body=b"y" * size),
+        Response(request_id=0, ok=True, body=b"z" * size),
+    ):
+        fields = (
+            [8, message.request_id, message.method, message.body]
+            if isinstance(message, Request)
+            else [9, message.request_id, message.ok, message.body]
+        )
+        packed = msgpack.packb(fields, use_bin_type=True)
+        assert encode_frame(message) == len(packed).to_bytes(4, "big") + packed
+        assert FrameDecoder(2 * MIB).feed(encode_frame(message)) == [message]
+
+
 def test_a_partial_frame_says_how_many_bytes_it_misses() -> None:
     data = encode_frame(EXAMPLES[1]) + encode_frame(EXAMPLES[2])
     first = len(encode_frame(EXAMPLES[1]))
