@@ -40,6 +40,7 @@ from tinyraft_trio._wire import (
     build_response,
     decode_payload,
     encode_frame,
+    encode_frame_pieces,
 )
 
 MAX_U63 = 2**63 - 1
@@ -330,6 +331,12 @@ def test_byte_by_byte_feeding() -> None:
     assert received == EXAMPLES
     assert FrameDecoder(MIB).feed(bytearray(stream)) == EXAMPLES
     assert FrameDecoder(MIB).feed(memoryview(stream)) == EXAMPLES
+
+
+def test_a_frame_in_two_pieces_is_the_frame() -> None:
+    for message in [*EXAMPLES, Response(request_id=1, ok=True, body=b"r" * 5000)]:
+        head, body = encode_frame_pieces(message)
+        assert head + body == encode_frame(message)
 
 
 @pytest.mark.parametrize("size", [4095, 4096, 65535, 65536, 70_000, MIB])

@@ -47,6 +47,7 @@ from ._wire import (
     Response,
     WireMessage,
     encode_frame,
+    encode_frame_pieces,
 )
 
 MessageHandler = Callable[[NodeId, Message], None]
@@ -476,9 +477,10 @@ class TcpTransport:
         first. Saves a task switch per message when messages are few; under load the
         sender is busy and batches as before.
         """
-        frame = self._encode(to, message)
-        if frame is None:
+        pieces = self._encode(to, message)
+        if pieces is None:
             return
+        frame = pieces[0] + pieces[1]
         written = write_now(fd, frame)
         if written == len(frame):
             self._messages_sent += 1
@@ -846,27 +848,29 @@ class TcpTransport:
         size = len(frames[0]) if frames else 0
         queue = peer.queue
         while queue and size < MAX_WRITE_BYTES:
-            frame = self._encode(to, queue.popleft())
-            if frame is not None:
-                frames.append(frame)
-                size += len(frame)
+            pieces = self._encode(to, queue.popleft())
+            if pieces is not None:
+                frames += pieces
+                size += len(pieces[0]) + len(pieces[1])
                 count += 1
         return b"".join(frames), count
 
-    def _encode(self, to: NodeId, message: Message) -> bytes | None:
-        """``message``'s frame, or None (dropped, counted and logged) if it is too large."""
-        frame = encode_frame(message)
-        if len(frame) > self._max_frame_bytes + 4:
+    def _encode(self, to: NodeId, message: Message) -> tuple[bytes, bytes] | None:
+        """``message``'s frame in two pieces (``encode_frame_pieces``), or None (dropped,
+        counted and logged) if it is too large."""
+        pieces = encode_frame_pieces(message)
+        size = len(pieces[0]) + len(pieces[1])
+        if size > self._max_frame_bytes + 4:
             self._messages_dropped += 1
             logger.warning(
                 "dropped a %s to %r: %d bytes exceed max_frame_bytes %d",
                 type(message).__name__,
                 to,
-                len(frame) - 4,
+                size - 4,
                 self._max_frame_bytes,
             )
             return None
-        return frame
+        return pieces
 
     async def _watch_outbound(
         self, to: NodeId, stream: trio.SocketStream, address: str, scope: trio.CancelScope

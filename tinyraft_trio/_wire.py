@@ -70,6 +70,7 @@ __all__ = [
     "build_response",
     "decode_payload",
     "encode_frame",
+    "encode_frame_pieces",
 ]
 
 PROTOCOL_VERSION = 1
@@ -257,6 +258,22 @@ def encode_frame(message: WireMessage) -> bytes:
     if len(body) > _MAX_FRAME_LENGTH:
         raise ValueError(f"{type(message).__name__} of {len(body)} bytes does not fit a frame")
     return _HEADER.pack(len(body)) + body
+
+
+def encode_frame_pieces(message: WireMessage) -> tuple[bytes, bytes]:
+    """``encode_frame(message)`` as two pieces, to be written one after the other.
+
+    For a writer that joins many frames into one write anyway (a node's queue to a peer):
+    prefixing the length to a large body, say an AppendEntries of a megabyte, would copy
+    the body once more. Raises what ``encode_frame`` raises.
+    """
+    fields_of = _FIELDS_OF.get(type(message))
+    if fields_of is None or isinstance(message, _WITH_BODY):
+        return encode_frame(message), b""
+    body = _pack(fields_of(message))
+    if len(body) > _MAX_FRAME_LENGTH:
+        raise ValueError(f"{type(message).__name__} of {len(body)} bytes does not fit a frame")
+    return _HEADER.pack(len(body)), body
 
 
 _WITH_BODY = (Request, Response)
