@@ -97,8 +97,12 @@ class BatchReply:
         self.oks[position], self.bodies[position] = answer
         self.remaining -= 1
         if self.remaining == 0:
-            body = encode_batch_answer(self.oks, self.bodies)
-            self.reply(Response(request_id=self.request_id, ok=True, body=body))
+            self.send()
+
+    def send(self) -> None:
+        """Answer the batch: every command's answer is in."""
+        body = encode_batch_answer(self.oks, self.bodies)
+        self.reply(Response(request_id=self.request_id, ok=True, body=body))
 
 
 class BatchPart:
@@ -113,7 +117,12 @@ class BatchPart:
         self.outcome = outcome
 
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        self.batch.set(self.position, self.outcome(result, error))
+        # BatchReply.set inlined: one call less for each command of a busy leader's batches.
+        batch, position = self.batch, self.position
+        batch.oks[position], batch.bodies[position] = self.outcome(result, error)
+        batch.remaining -= 1
+        if batch.remaining == 0:
+            batch.send()
 
 
 def error_answer(request: Request, message: str) -> Response:
@@ -123,6 +132,8 @@ def error_answer(request: Request, message: str) -> Response:
 
 def apply_outcome(result: object, error: BaseException | None) -> tuple[bool, bytes]:
     """The answer to an "apply" whose entry was applied (or whose outcome became unknown)."""
+    if error is None and result is None:
+        return _OK_NONE  # the common answer first
     if isinstance(error, LeadershipLostError | NodeClosedError):
         return answer_pair(["unknown", str(error)])
     if error is not None:  # the state machine raised: applied, and this is its result

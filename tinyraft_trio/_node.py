@@ -1258,12 +1258,17 @@ class RaftNode:
             if bodies is None:
                 return False  # refused by the handler
             single = SINGLE_METHOD_OF[method]
-            proposals = []
-            for body in bodies:
-                proposal = self._fast_proposal(single, body)
-                if proposal is None:
+            if single == "apply":  # the common batch, checked without a call per command
+                if max(map(len, bodies)) > self._command_limit:
                     return False  # the handler refuses that command and carries out the rest
-                proposals.append(proposal)
+                proposals = [(body, _COMMAND) for body in bodies]
+            else:
+                proposals = []
+                for body in bodies:
+                    proposal = self._fast_proposal(single, body)
+                    if proposal is None:
+                        return False  # the handler refuses it and carries out the rest
+                    proposals.append(proposal)
             batch = BatchReply(request.request_id, len(proposals), reply)
             outcome = _OUTCOME_OF[single]
             waiters = self._waiters
