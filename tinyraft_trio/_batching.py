@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import msgpack
 
+from ._wire import packb
+
 __all__ = [
     "BATCH_METHOD_OF",
     "MAX_BATCH_REQUESTS",
@@ -39,14 +41,8 @@ MAX_BATCH_REQUESTS = 1024
 """At most this many requests go in one batch (bounds the node's work per frame)."""
 
 
-# One Packer for the process, as in ``_wire``: it keeps its buffer between batches, where
-# ``msgpack.packb`` would start each batch body of a megabyte in a small buffer and copy it
-# at every growth.
-_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-
-
 def encode_batch_body(bodies: list[bytes]) -> bytes:
-    body: bytes = _pack(bodies)
+    body: bytes = packb(bodies)
     return body
 
 
@@ -67,7 +63,7 @@ def decode_batch_body(body: bytes) -> list[bytes] | None:
 
 def encode_batch_answer(oks: list[bool], bodies: list[bytes]) -> bytes:
     """The body of an ``ok=True`` answer: each command's ``ok`` and ``body``, in order."""
-    body: bytes = _pack([oks, bodies])
+    body: bytes = packb([oks, bodies])
     return body
 
 

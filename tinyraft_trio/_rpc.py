@@ -532,8 +532,7 @@ class RpcClient:
             TypeError: ``body`` is not bytes.
         """
         seconds = check_request(method, body, timeout)
-        request_id = self._next_request_id
-        self._next_request_id = (request_id + 1) & _MAX_REQUEST_ID
+        request_id = self._new_request_id()
         batchable = method in BATCH_METHOD_OF and len(body) <= self._max_frame_bytes // 2
         frame = None if batchable else self._request_frame(request_id, method, body)
         nursery = self._nursery

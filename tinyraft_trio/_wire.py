@@ -153,9 +153,12 @@ client splits each batch answer into thousands of them)."""
 
 # -- Encoding ------------------------------------------------------------------------------
 
-# One Packer for the whole process: building one per frame costs more than packing a
-# heartbeat. Packer.pack runs entirely in C under the GIL, so sharing it is safe.
-_pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# One Packer for the whole process (``_batching`` packs with it too): building one per
+# frame costs more than packing a heartbeat, and ``msgpack.packb`` would start each
+# megabyte body in a small buffer and copy it at every growth, where this one keeps its
+# buffer. Packer.pack runs entirely in C under the GIL, so sharing it on the event loop is
+# safe (the storage thread has its own).
+packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def _fields_of_handshake(m: Handshake) -> tuple[object, ...]:
@@ -249,28 +252,24 @@ def encode_frame(message: WireMessage) -> bytes:
         TypeError: ``message`` is not a message type this codec knows.
         ValueError: the encoded body is larger than a frame can describe (4 GiB).
     """
-    if isinstance(message, _WITH_BODY) and len(message.body) >= _LARGE_BODY:
-        return _encode_large_body_frame(message)
-    fields_of = _FIELDS_OF.get(type(message))
-    if fields_of is None:
-        raise TypeError(f"cannot encode {type(message).__name__}: not a wire message")
-    body = _pack(fields_of(message))
-    if len(body) > _MAX_FRAME_LENGTH:
-        raise ValueError(f"{type(message).__name__} of {len(body)} bytes does not fit a frame")
-    return _HEADER.pack(len(body)) + body
+    head, rest = encode_frame_pieces(message)
+    return head + rest
 
 
 def encode_frame_pieces(message: WireMessage) -> tuple[bytes, bytes]:
-    """``encode_frame(message)`` as two pieces, to be written one after the other.
+    """``encode_frame(message)`` as two pieces to be written one after the other: a small
+    head, then the large rest, each copied once when they are joined.
 
-    For a writer that joins many frames into one write anyway (a node's queue to a peer):
-    prefixing the length to a large body, say an AppendEntries of a megabyte, would copy
-    the body once more. Raises what ``encode_frame`` raises.
+    For a writer that joins many frames into one write anyway (a node's queue to a peer), a
+    large body, say an AppendEntries of a megabyte, is then never copied just to put the
+    frame's length before it. Raises what ``encode_frame`` raises.
     """
+    if isinstance(message, _WITH_BODY) and len(message.body) >= _LARGE_BODY:
+        return _large_body_pieces(message)
     fields_of = _FIELDS_OF.get(type(message))
-    if fields_of is None or isinstance(message, _WITH_BODY):
-        return encode_frame(message), b""
-    body = _pack(fields_of(message))
+    if fields_of is None:
+        raise TypeError(f"cannot encode {type(message).__name__}: not a wire message")
+    body = packb(fields_of(message))
     if len(body) > _MAX_FRAME_LENGTH:
         raise ValueError(f"{type(message).__name__} of {len(body)} bytes does not fit a frame")
     return _HEADER.pack(len(body)), body
@@ -278,7 +277,7 @@ def encode_frame_pieces(message: WireMessage) -> tuple[bytes, bytes]:
 
 _WITH_BODY = (Request, Response)
 _LARGE_BODY = 4096
-"""From this many body bytes on, a Request or Response frame is joined from its pieces."""
+"""From this many body bytes on, a Request or Response is not packed whole."""
 
 _BIN8 = struct.Struct(">BB")
 _BIN16 = struct.Struct(">BH")
@@ -294,24 +293,24 @@ def _bin_header(size: int) -> bytes:
     return _BIN32.pack(0xC6, size)
 
 
-def _encode_large_body_frame(message: Request | Response) -> bytes:
-    """The same bytes as ``encode_frame``'s general path, with the body copied once.
+def _large_body_pieces(message: Request | Response) -> tuple[bytes, bytes]:
+    """The same bytes as packing the whole message, as (everything before the body, body).
 
-    Packing the fields would copy a large body into the packer's buffer and out again, and
-    prefixing the frame's length would copy it a third time; a client's batch of a
-    thousand 1 KiB requests is such a body. Here only the small head is packed.
+    Packing the fields would copy a large body into the packer's buffer and out again; a
+    client's batch of a thousand 1 KiB requests is such a body. Only the small head is
+    packed here.
     """
     body = message.body
     if isinstance(message, Request):
-        head = _pack((8, message.request_id, message.method))
+        head = packb((8, message.request_id, message.method))
     else:
-        head = _pack((9, message.request_id, message.ok))
+        head = packb((9, message.request_id, message.ok))
     bin_header = _bin_header(len(body))
     # ``head`` is an array of three (one byte: 0x93); the frame's has the body as a fourth.
     length = len(head) + len(bin_header) + len(body)
     if length > _MAX_FRAME_LENGTH:
         raise ValueError(f"{type(message).__name__} of {length} bytes does not fit a frame")
-    return b"".join((_HEADER.pack(length), b"\x94", head[1:], bin_header, body))
+    return b"".join((_HEADER.pack(length), b"\x94", head[1:], bin_header)), body
 
 
 # -- Decoding ------------------------------------------------------------------------------
