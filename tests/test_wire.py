@@ -62,7 +62,7 @@ def entries_from(prev_log_index: int, term: int, count: int, size: int = 3) -> t
         Entry(
             term=term,
             index=prev_log_index + 1 + i,
-            kind=EntryKind(i % 3),
+            kind=EntryKind(i % len(EntryKind)),
             data=bytes([i % 256]) * size,
         )
         for i in range(count)
@@ -528,7 +528,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     (
         "bad entry kind",
         frame(entry_with(2, 7)),
-        "AppendEntries entries[1] kind: expected one of 0, 1, 2, 3, got 7",
+        "AppendEntries entries[1] kind: expected one of 0, 1, 2, 3, 4, got 7",
     ),
     ("bool entry kind", frame(entry_with(2, True)), "entries[1] kind: expected one of 0, 1, 2"),
     (

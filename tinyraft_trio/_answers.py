@@ -22,8 +22,10 @@ from ._rpc import Request, Response
 from ._sessions import encode_command
 
 __all__ = [
+    "BatchEntryReply",
     "BatchPart",
     "BatchReply",
+    "BatchResults",
     "Outcome",
     "Reply",
     "Waiter",
@@ -118,6 +120,55 @@ class BatchPart:
         batch.remaining -= 1
         if batch.remaining == 0:
             batch.send()
+
+
+class BatchResults:
+    """What applying a batch entry gave: each command's result, in order, and the errors
+    raised by the commands that raised (by position). ``failure``: why nothing was applied."""
+
+    __slots__ = ("errors", "failure", "results")
+
+    def __init__(
+        self, results: list[object], errors: dict[int, BaseException], failure: str | None = None
+    ) -> None:
+        self.results = results
+        self.errors = errors
+        self.failure = failure
+
+
+class BatchEntryReply:
+    """A batch of "apply" requests proposed as one entry (``EntryKind.BATCH``), waiting,
+    without a task, for it to be applied."""
+
+    __slots__ = ("count", "reply", "request_id", "term")
+
+    def __init__(
+        self, term: Term, request_id: int, count: int, reply: Callable[[Response], None]
+    ) -> None:
+        self.term = term
+        self.request_id = request_id
+        self.count = count
+        self.reply = reply
+
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
+        count = self.count
+        if error is not None or not isinstance(result, BatchResults):
+            ok, body = apply_outcome(None, error or LeadershipLostError("no outcome"))
+            oks, bodies = [ok] * count, [body] * count
+        elif result.failure is not None:
+            ok, body = answer_pair(["failed", result.failure])
+            oks, bodies = [ok] * count, [body] * count
+        elif not result.errors and result.results.count(None) == count:
+            oks, bodies = [True] * count, [_OK_NONE[1]] * count  # the common answer
+        else:
+            errors = result.errors
+            pairs = [
+                apply_outcome(value, errors.get(position))
+                for position, value in enumerate(result.results)
+            ]
+            oks, bodies = [ok for ok, _ in pairs], [body for _, body in pairs]
+        answer = encode_batch_answer(oks, bodies)
+        self.reply(Response(request_id=self.request_id, ok=True, body=answer))
 
 
 def error_answer(request: Request, message: str) -> Response:

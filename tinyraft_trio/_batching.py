@@ -4,7 +4,8 @@ A client with many requests in flight pays per request: a frame to encode and de
 response to build and route, on both sides. When requests queue behind a busy connection
 anyway, ``RpcClient`` sends the queued ones of a method as one ``<method>_batch`` request.
 The node carries out each one exactly as if it had come alone, and answers once when all
-are done (the queries of a batch share one read barrier, started after the batch arrived).
+are done (the queries of a batch share one read barrier, started after the batch arrived;
+the leader proposes a batch of "apply"s as one ``EntryKind.BATCH`` entry).
 
 Wire format (all msgpack):
 - request body: an array of the single requests' bodies (each bytes), in order;

@@ -77,8 +77,9 @@ class RaftConfig:
         segment_bytes: a log segment file is closed and a new one started past this size.
             Segments are deleted whole once a snapshot covers them, so this bounds the log
             kept behind the last snapshot (on disk, and its index in memory).
-        snapshot_threshold: take a snapshot once this many entries were applied since the
-            last one. The log since the last snapshot stays in memory, and every snapshot
+        snapshot_threshold: take a snapshot once this many commands were applied since
+            the last one (each command of a batch entry counts; so does every other entry).
+            The log since the last snapshot stays in memory, and every snapshot
             writes the whole state: a larger threshold costs memory, a smaller one CPU and
             disk when the state is large.
         trailing_entries: entries kept in the log behind a snapshot, so a follower that is

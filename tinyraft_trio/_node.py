@@ -31,8 +31,10 @@ import msgpack
 import trio
 
 from ._answers import (
+    BatchEntryReply,
     BatchPart,
     BatchReply,
+    BatchResults,
     Outcome,
     Reply,
     Waiter,
@@ -86,8 +88,9 @@ from ._transport import Transport
 logger = logging.getLogger("tinyraft_trio.node")
 
 _APPLY_BATCH = 1024
+"""At most this many commands are applied between two checkpoints of the applier."""
 
-_COMMAND, _SESSION = EntryKind.COMMAND, EntryKind.SESSION
+_COMMAND, _SESSION, _BATCH = EntryKind.COMMAND, EntryKind.SESSION, EntryKind.BATCH
 """For the per-entry paths: looking an enum member up on its class is slow on Python 3.11."""
 
 _SETTLE_ROUNDS = 4
@@ -207,7 +210,11 @@ class RaftNode:
         self._closed = False
         self._ignored_messages = 0
         self._last_applied: Index = 0
-        self._waiters: dict[Index, Waiter | Reply | BatchPart] = {}
+        self._waiters: dict[Index, Waiter | Reply | BatchPart | BatchEntryReply] = {}
+        self._apply_carry: list[Entry] = []
+        """Committed entries taken from the core that the last apply round left for the next."""
+        self._applied_commands = 0
+        """Commands applied since the last snapshot (an entry of a batch counts each)."""
         self._ready_signal = _Signal()
         self._ready_loop_waiting = False
         self._carried_ready: Ready | None = None
@@ -947,11 +954,18 @@ class RaftNode:
         restore = core.take_restore()
         if restore is not None:
             self._restore_snapshot(*restore)
-        entries = core.take_committed(_APPLY_BATCH)
+        entries = self._apply_carry or core.take_committed(_APPLY_BATCH)
+        self._apply_carry = []
         if not entries and restore is None:
             return False
-        for entry in entries:
-            self._apply_entry(entry)
+        budget = _APPLY_BATCH
+        for position, entry in enumerate(entries):
+            budget -= self._apply_entry(entry)
+            if budget <= 0:
+                # Entries of batches carry many commands: leave the rest for the next round
+                # rather than hold the event loop for thousands of them.
+                self._apply_carry = entries[position + 1 :]
+                break
         self._applied_changed.set()
         self._applied_changed = trio.Event()
         if self._observer is not None:
@@ -970,6 +984,8 @@ class RaftNode:
     def _restore_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         self._state_machine.restore(unwrap_snapshot(data, self._sessions))
         self._last_applied = meta.index
+        self._applied_commands = 0
+        self._apply_carry = [entry for entry in self._apply_carry if entry.index > meta.index]
         covered = [index for index in self._waiters if index <= meta.index]
         for index in covered:
             self._waiters.pop(index).resolve(
@@ -989,10 +1005,11 @@ class RaftNode:
                 self._finish_snapshot_round()
             return
         if not self._snapshot_requested and (
-            self._last_applied - since < self.config.snapshot_threshold
+            self._applied_commands < self.config.snapshot_threshold
         ):
             return
         self._snapshot_requested = False
+        self._applied_commands = 0
         data = wrap_snapshot(self._sessions, self._state_machine.snapshot())
         meta = dataclasses.replace(core.snapshot_meta_at(self._last_applied), size=len(data))
         self._snapshot_in_progress = True
@@ -1020,21 +1037,27 @@ class RaftNode:
         self._snapshot_done.set()
         self._snapshot_done = trio.Event()
 
-    def _apply_entry(self, entry: Entry) -> None:
+    def _apply_entry(self, entry: Entry) -> int:
+        """Apply ``entry`` and answer its caller, if it has one here; the commands applied."""
         result: object = None
         error: BaseException | None = None
+        commands = 1
         kind = entry.kind
         if kind is _COMMAND:
             try:
                 result = self._state_machine.apply(entry.data)
             except Exception as exc:
                 error = exc
+        elif kind is _BATCH:
+            result = self._apply_batch_entry(entry)
+            commands = len(result.results)
         elif kind is _SESSION:
             try:
                 result, _ = self._sessions.apply(entry.data, self._state_machine)
             except StaleSequenceError as exc:
                 result = ("error", ["StaleSequenceError", str(exc)])
         self._last_applied = entry.index
+        self._applied_commands += commands
         waiter = self._waiters.pop(entry.index, None)
         if waiter is not None:
             if waiter.term == entry.term:
@@ -1043,6 +1066,27 @@ class RaftNode:
                 waiter.resolve(error=LeadershipLostError("the entry was replaced by another"))
         if self._observer is not None:
             self._observer.applied_entry(self, entry)
+        return commands
+
+    def _apply_batch_entry(self, entry: Entry) -> BatchResults:
+        """Apply each command of a batch entry in order, each on its own (one that raises
+        does not stop the rest)."""
+        commands = decode_batch_body(entry.data)
+        if commands is None:
+            # The leader checked the batch before proposing it, so only a bug gets here;
+            # every node skips the entry alike, and its caller learns why.
+            logger.error("%s: entry %d is a malformed batch; skipped", self.id, entry.index)
+            return BatchResults([], {}, "the batch entry is malformed")
+        apply = self._state_machine.apply
+        results: list[object] = []
+        errors: dict[int, BaseException] = {}
+        for command in commands:
+            try:
+                results.append(apply(command))
+            except Exception as exc:
+                errors[len(results)] = exc
+                results.append(None)
+        return BatchResults(results, errors)
 
     async def _lead(self, scope: trio.CancelScope, term: Term) -> None:
         """Do a leader's work for ``term`` until ``scope`` is cancelled (step-down)."""
@@ -1252,13 +1296,24 @@ class RaftNode:
                 return False  # refused by the handler
             entry = core.propose(*proposal)
             self._waiters[entry.index] = Reply(entry.term, request, _OUTCOME_OF[method], reply)
+        elif method == "apply_batch" and len(request.body) <= self._command_limit:
+            # The common batch: one entry holding the request's own bytes, applied command
+            # by command on every node (``EntryKind.BATCH``).
+            bodies = decode_batch_body(request.body)
+            if bodies is None:
+                return False  # refused by the handler
+            entry = core.propose(request.body, _BATCH)
+            self._waiters[entry.index] = BatchEntryReply(
+                entry.term, request.request_id, len(bodies), reply
+            )
         elif SINGLE_METHOD_OF.get(method) in _OUTCOME_OF:
-            # A batch of commands: each proposed as if it came alone (``_batching``).
+            # A batch of "submit"s (numbered commands), or of "apply"s too large for one
+            # entry: each command proposed as if it came alone (``_batching``).
             bodies = decode_batch_body(request.body)
             if bodies is None:
                 return False  # refused by the handler
             single = SINGLE_METHOD_OF[method]
-            if single == "apply":  # the common batch, checked without a call per command
+            if single == "apply":  # checked without a call per command
                 if max(map(len, bodies)) > self._command_limit:
                     return False  # the handler refuses that command and carries out the rest
                 proposals = [(body, _COMMAND) for body in bodies]

@@ -1,6 +1,7 @@
 """Randomized fault injection (partitions, crashes, drops, delays), with safety checked throughout.
 
-Each seed drives one run of a 5-node cluster in virtual time. Safety (Election Safety, Leader
+Each seed drives one run of a 5-node cluster in virtual time, with clients writing single
+commands and batches of them (each batch one entry). Safety (Election Safety, Leader
 Completeness, State Machine Safety) is checked by the cluster's observer as events happen, and
 Log Matching after every fault event. After the faults heal, a leader must appear within a
 bounded virtual time and every acknowledged command must be applied on every node, once.
@@ -14,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import random
 
+import msgpack
 import pytest
 import trio
 
 from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError, RaftError
+from tinyraft_trio._batching import decode_batch_answer
+from tinyraft_trio._rpc import TransportError
 from tinyraft_trio.testing import MemoryCluster, MemoryNetwork, SimulatedDisk, open_memory_cluster
 
 ELECTION_TIMEOUT = 0.5
@@ -44,6 +48,36 @@ async def _client(cluster: MemoryCluster, name: str, acknowledged: list[bytes]) 
         # Pace the client: a few hundred commands per run exercise every path, at a fraction
         # of the CPU a flat-out client would cost.
         await trio.sleep(0.02)
+
+
+async def _batch_client(
+    cluster: MemoryCluster, rng: random.Random, acknowledged: list[bytes]
+) -> None:
+    """Send batches of commands to random nodes (a follower forwards them to its leader),
+    each batch one log entry; record the commands whose own answer is "ok"."""
+    client = cluster.network.client("batcher")
+    counter = 0
+    while True:
+        await trio.sleep(rng.uniform(0.02, 0.1))
+        running = sorted(cluster.running)
+        if not running:
+            continue
+        commands = [f"z-{counter + i}".encode() for i in range(rng.randint(1, 6))]
+        counter += len(commands)
+        address = cluster.address_of(rng.choice(running))
+        try:
+            response = await client.request(
+                address, "apply_batch", msgpack.packb(commands), timeout=2 * ELECTION_TIMEOUT
+            )
+        except TransportError:
+            continue
+        if not response.ok:
+            continue
+        answers = decode_batch_answer(response.body, len(commands))
+        assert answers is not None, response.body
+        for command, body in zip(commands, answers[1], strict=True):
+            if msgpack.unpackb(body)[0] == "ok":
+                acknowledged.append(command)
 
 
 async def _reader(cluster: MemoryCluster, rng: random.Random, acknowledged: list[bytes]) -> None:
@@ -139,6 +173,7 @@ async def run_one_seed(seed: int) -> None:
         async with trio.open_nursery() as clients:
             for name in ("a", "b"):
                 clients.start_soon(_client, cluster, name, acknowledged)
+            clients.start_soon(_batch_client, cluster, random.Random(seed + 3), acknowledged)
             clients.start_soon(_reader, cluster, random.Random(seed + 2), acknowledged)
             await _inject_faults(cluster, rng, clients)
             # Heal everything and bring every node back.
@@ -164,7 +199,11 @@ async def run_one_seed(seed: int) -> None:
             await cluster.wait_applied(leader.status().commit_index, members)
         cluster.check_logs()
         torn = sum(storage.torn_writes for storage in cluster.storages.values())  # type: ignore[attr-defined]
-        print(f"seed {seed}: {len(acknowledged)} acknowledged, {torn} writes torn by crashes")
+        batched = sum(c.startswith(b"z-") for c in acknowledged)
+        print(
+            f"seed {seed}: {len(acknowledged)} acknowledged ({batched} in batches), "
+            f"{torn} writes torn by crashes"
+        )
         for node_id in members:
             commands: list[bytes] = cluster.state_machines[node_id].commands  # type: ignore[attr-defined]
             assert len(commands) == len(set(commands)), f"{node_id} applied a command twice"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import msgpack
 import trio
 
+from tinyraft_trio import RaftNode
 from tinyraft_trio._batching import decode_batch_answer
+from tinyraft_trio._core._types import EntryKind
 from tinyraft_trio._rpc import Request, Response
-from tinyraft_trio.testing import open_memory_cluster
+from tinyraft_trio.testing import RecordingStateMachine, open_memory_cluster
 
 
 async def test_any_node_applies_a_command_by_forwarding_to_the_leader(
@@ -136,6 +138,101 @@ async def test_a_batch_is_carried_out_command_by_command_in_order(autojump_clock
         await cluster.wait_applied(leader.status().commit_index)
         for machine in cluster.state_machines.values():
             assert machine.commands == [b"a", b"b", b"c", b"d", b"e"]  # type: ignore[attr-defined]
+
+
+class _RaisesOnBoom(RecordingStateMachine):
+    """Raises (applying nothing) for the command ``b"boom"``."""
+
+    def apply(self, command: bytes) -> object:
+        if command == b"boom":
+            raise ValueError("boom refused")
+        return super().apply(command)
+
+
+class _Replies:
+    """Collects a node's replies to requests handed to it directly (``_start_request``)."""
+
+    def __init__(self) -> None:
+        self.responses: list[Response] = []
+        self._arrived = trio.Event()
+
+    def reply(self, response: Response) -> None:
+        self.responses.append(response)
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with trio.fail_after(5):
+            while len(self.responses) < count:
+                await self._arrived.wait()
+
+
+def entry_kinds(node: RaftNode, first: int) -> list[EntryKind]:
+    log = node._running_core().log
+    return [log.entry(index).kind for index in range(first, log.last_index + 1)]
+
+
+async def test_an_apply_batch_is_one_entry_whose_commands_each_have_their_own_answer(
+    autojump_clock: object,
+) -> None:
+    """Reference: ``EntryKind.BATCH``: one entry for the batch, on every node; each command
+    applied in order and answered alone; one that raises does not stop the rest."""
+    async with open_memory_cluster(3, seed=53, state_machine_factory=_RaisesOnBoom) as cluster:
+        leader = await cluster.wait_for_leader()
+        client = cluster.network.client("client-1")
+        first = leader.status().last_log_index + 1
+        body = msgpack.packb([b"a", b"boom", b"b", b"c"])
+        response = await client.request(
+            cluster.address_of(leader.id), "apply_batch", body, timeout=5
+        )
+        assert batch_answers(response) == [
+            ["ok", 1],
+            ["error", "ValueError", "boom refused"],
+            ["ok", 2],
+            ["ok", 3],
+        ]
+        await cluster.wait_applied(leader.status().commit_index)
+        for node_id, node in cluster.running.items():
+            assert entry_kinds(node, first) == [EntryKind.BATCH], node_id
+            assert node._running_core().log.entry(first).data == body
+            machine = cluster.state_machines[node_id]
+            assert machine.commands == [b"a", b"b", b"c"]  # type: ignore[attr-defined]
+
+
+async def test_an_apply_batch_too_large_for_one_entry_is_proposed_command_by_command(
+    autojump_clock: object,
+) -> None:
+    async with open_memory_cluster(3, seed=54) as cluster:
+        leader = await cluster.wait_for_leader()
+        first = leader.status().last_log_index + 1
+        half = b"x" * (leader._command_limit // 2)
+        body = msgpack.packb([half, half, b"small"])
+        assert len(body) > leader._command_limit
+        replies = _Replies()
+        request = Request(request_id=3, method="apply_batch", body=body)
+        assert leader._start_request("client-1", request, replies.reply)
+        await replies.wait_for(1)
+        assert batch_answers(replies.responses[0]) == [["ok", 1], ["ok", 2], ["ok", 3]]
+        assert entry_kinds(leader, first) == [EntryKind.COMMAND] * 3
+
+
+async def test_batches_of_many_commands_are_applied_in_order_across_apply_rounds(
+    autojump_clock: object,
+) -> None:
+    """The applier checkpoints after about a thousand commands, even inside a run of batch
+    entries; the entries it left for the next round are applied next, once."""
+    async with open_memory_cluster(3, seed=55) as cluster:
+        leader = await cluster.wait_for_leader()
+        replies = _Replies()
+        batches = [[f"{b}-{i}".encode() for i in range(700)] for b in range(4)]
+        for number, batch in enumerate(batches):
+            request = Request(request_id=number, method="apply_batch", body=msgpack.packb(batch))
+            assert leader._start_request("client-1", request, replies.reply)
+        await replies.wait_for(len(batches))
+        machine = cluster.state_machines[leader.id]
+        assert machine.commands == [c for batch in batches for c in batch]  # type: ignore[attr-defined]
+        positions = [answer[1] for reply in replies.responses for answer in batch_answers(reply)]
+        assert positions == list(range(1, 2801))
 
 
 async def test_a_refused_command_does_not_stop_the_rest_of_its_batch(

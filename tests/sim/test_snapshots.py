@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import trio
 
 from tinyraft_trio import RaftNode, Role
@@ -162,3 +163,22 @@ async def test_memory_holds_only_the_unsnapshotted_log(autojump_clock: object) -
             assert log_length(node) <= bound, node.id
         storage = cluster.storages[leader.id]
         assert len(storage.entries) <= bound
+
+
+async def test_the_snapshot_threshold_counts_the_commands_of_batch_entries(
+    autojump_clock: object,
+) -> None:
+    """A batch entry holds many commands: the state machine's state (and the log's bytes)
+    grow with commands, not entries, so snapshots are taken by commands applied."""
+    async with open_memory_cluster(3, seed=56, **SMALL) as cluster:
+        leader = await cluster.wait_for_leader()
+        client = cluster.network.client("client-1")
+        body = msgpack.packb([f"b{i}".encode() for i in range(25)])
+        response = await client.request(
+            cluster.address_of(leader.id), "apply_batch", body, timeout=5
+        )
+        assert response.ok
+        index = leader.status().commit_index
+        assert index < SMALL["snapshot_threshold"]  # far fewer entries than the threshold
+        await converge(cluster)  # applies one more command, after which the snapshot is saved
+        assert leader.status().snapshot_index >= index

@@ -26,6 +26,8 @@ def make_entries(first: int, count: int, *, term: int = 1, size: int = 16) -> li
     def kind(index: int) -> EntryKind:
         if index % 11 == 0:
             return EntryKind.CONFIG
+        if index % 7 == 0:
+            return EntryKind.BATCH
         return EntryKind.NOOP if index % 5 == 0 else EntryKind.COMMAND
 
     return [

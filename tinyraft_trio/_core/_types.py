@@ -37,6 +37,10 @@ class EntryKind(enum.IntEnum):
     """A cluster membership change."""
     SESSION = 3
     """A client's numbered command, applied at most once per number (dissertation §6.3)."""
+    BATCH = 4
+    """Independent commands proposed together: a msgpack array of commands (each bytes),
+    applied in order, each with its own result. One entry for a client's whole batch of
+    commands is one entry to encode, store, send and check instead of one per command."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
