@@ -284,7 +284,7 @@ _BIN16 = struct.Struct(">BH")
 _BIN32 = struct.Struct(">BI")
 
 
-def _bin_header(size: int) -> bytes:
+def bin_header(size: int) -> bytes:
     """msgpack's header of a bin of ``size`` bytes (the smallest form, as msgpack packs)."""
     if size <= 0xFF:
         return _BIN8.pack(0xC4, size)
@@ -305,12 +305,12 @@ def _large_body_pieces(message: Request | Response) -> tuple[bytes, bytes]:
         head = packb((8, message.request_id, message.method))
     else:
         head = packb((9, message.request_id, message.ok))
-    bin_header = _bin_header(len(body))
+    body_header = bin_header(len(body))
     # ``head`` is an array of three (one byte: 0x93); the frame's has the body as a fourth.
-    length = len(head) + len(bin_header) + len(body)
+    length = len(head) + len(body_header) + len(body)
     if length > _MAX_FRAME_LENGTH:
         raise ValueError(f"{type(message).__name__} of {length} bytes does not fit a frame")
-    return b"".join((_HEADER.pack(length), b"\x94", head[1:], bin_header)), body
+    return b"".join((_HEADER.pack(length), b"\x94", head[1:], body_header)), body
 
 
 # -- Decoding ------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from storage_helpers import dir_bytes, make_entries, opened, records, segments
+from storage_helpers import dir_bytes, encode_record, make_entries, opened, records, segments
 
 from tinyraft_trio._core._types import (
     Entry,
+    EntryKind,
     HardState,
     Member,
     Membership,
@@ -181,6 +182,24 @@ async def test_an_entry_larger_than_a_segment_gets_a_segment_alone(
     names = [path.name for path in segments(tmp_path)]
     assert names == [f"{index:020d}.seg" for index in (1, 3, 4)]
     assert (await reload(tmp_path)).entries == (*make_entries(1, 2), big, *make_entries(4, 2))
+
+
+async def test_records_of_large_entries_are_the_bytes_of_packing_them_whole(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Entries from 4 KiB on are written from pieces: the records must not differ."""
+    sizes = [4095, 4096, 65535, 65536, 200_000]
+    terms = [1, 300, 70_000, 2**40, 2**63 - 1]
+    written = [
+        Entry(term=term, index=index, kind=EntryKind.BATCH, data=bytes([index]) * size)
+        for index, (term, size) in enumerate(zip(terms, sizes, strict=True), 1)
+    ]
+    async with opened(tmp_path) as storage:
+        await storage.persist(hard_state=None, first_index=1, entries=written)
+    (segment,) = segments(tmp_path)
+    expected = b"".join(encode_record(e.term, e.index, int(e.kind), e.data) for e in written)
+    assert segment.read_bytes() == expected
+    assert (await reload(tmp_path)).entries == tuple(written)
 
 
 async def test_compaction_deletes_only_whole_covered_segments(tmp_path: pathlib.Path) -> None:

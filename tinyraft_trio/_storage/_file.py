@@ -70,6 +70,7 @@ from .._core._types import (
     build_entry,
 )
 from .._exceptions import RaftError
+from .._wire import bin_header
 from ._base import PersistentState
 
 logger = logging.getLogger("tinyraft_trio.storage")
@@ -102,6 +103,8 @@ _FILE_HEADER = struct.Struct(">4sII")
 _META_LENGTH = struct.Struct(">I")
 # payload length, crc32 of the payload
 _RECORD_HEADER = struct.Struct(">II")
+_LARGE_DATA_BYTES = 4096
+"""From this many data bytes on, an entry's record is put together from pieces."""
 # Every record payload is a msgpack array of 4 items, which starts with this byte.
 _PAYLOAD_MARKER = b"\x94"
 _SEGMENT_NAME = re.compile(r"^([0-9]{20})\.seg$")
@@ -1123,17 +1126,29 @@ class FileStorage:
         pack = self._packer.pack
         header = _RECORD_HEADER.pack
         limit = self.segment_bytes
+        crc32 = zlib.crc32
         for entry in entries:
-            payload = pack([entry.term, entry.index, entry.kind, entry.data])  # kind: IntEnum
-            length = len(payload)
+            entry_data = entry.data
+            if len(entry_data) < _LARGE_DATA_BYTES:
+                payload = pack([entry.term, entry.index, entry.kind, entry_data])  # IntEnum kind
+                length, crc, entry_data = len(payload), crc32(payload), b""
+            else:
+                # The same payload as packing it whole, without copying the data into the
+                # packer's buffer and out again: [term, index, kind, <bin header>] + data.
+                payload = b"\x94" + pack((entry.term, entry.index, entry.kind))[1:]
+                payload += bin_header(len(entry_data))
+                length = len(payload) + len(entry_data)
+                crc = crc32(entry_data, crc32(payload))
             if current_size and current_size + _RECORD_HEADER.size + length > limit:
                 batches.append((current_first, current_new, records, offsets))
                 current_first, current_new, current_size = entry.index, True, 0
                 records = bytearray()
                 offsets = array("Q")
             offsets.append(current_size)
-            records += header(length, zlib.crc32(payload))
+            records += header(length, crc)
             records += payload
+            if entry_data:
+                records += entry_data
             current_size += _RECORD_HEADER.size + length
         batches.append((current_first, current_new, records, offsets))
         for segment_first, new, data, data_offsets in batches:
