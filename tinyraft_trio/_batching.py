@@ -42,6 +42,10 @@ MAX_BATCH_REQUESTS = 1024
 """At most this many requests go in one batch (bounds the node's work per frame)."""
 
 
+_BYTES_ONLY = {bytes}
+_BOOL_ONLY = {bool}
+
+
 def encode_batch_body(bodies: list[bytes]) -> bytes:
     body: bytes = packb(bodies)
     return body
@@ -56,7 +60,7 @@ def decode_batch_body(body: bytes) -> list[bytes] | None:
     if (
         type(bodies) is not list
         or not 0 < len(bodies) <= MAX_BATCH_REQUESTS
-        or any(type(item) is not bytes for item in bodies)
+        or set(map(type, bodies)) != _BYTES_ONLY  # checked without a Python step per item
     ):
         return None
     return bodies
@@ -83,8 +87,7 @@ def decode_batch_answer(body: bytes, count: int) -> tuple[list[bool], list[bytes
         or type(bodies) is not list
         or len(oks) != count
         or len(bodies) != count
-        or any(type(ok) is not bool for ok in oks)
-        or any(type(item) is not bytes for item in bodies)
+        or (count and (set(map(type, oks)) != _BOOL_ONLY or set(map(type, bodies)) != _BYTES_ONLY))
     ):
         return None
     return oks, bodies
