@@ -333,10 +333,45 @@ def test_byte_by_byte_feeding() -> None:
     assert FrameDecoder(MIB).feed(memoryview(stream)) == EXAMPLES
 
 
-def test_a_frame_in_two_pieces_is_the_frame() -> None:
+def test_a_frame_in_pieces_is_the_frame() -> None:
     for message in [*EXAMPLES, Response(request_id=1, ok=True, body=b"r" * 5000)]:
-        head, body = encode_frame_pieces(message)
-        assert head + body == encode_frame(message)
+        assert b"".join(encode_frame_pieces(message)) == encode_frame(message)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[4096], [10, 5000, 3, 70_000], [5] * 15 + [4096], [4096] + [1] * 16, [66_000] * 64],
+)
+def test_an_append_with_large_entries_is_byte_for_byte_what_msgpack_packs(
+    sizes: list[int],
+) -> None:
+    """AppendEntries carrying large entries (a batch entry) are joined from pieces, not packed
+    whole: the frame must not change (fixarray / array 16 of entries, bin 16 / bin 32, large
+    integers)."""
+    term, prev = 2**40 + 3, 2**33 + 1
+    entries = tuple(
+        Entry(term=term - i % 2, index=prev + 1 + i, kind=EntryKind(i % len(EntryKind)),
+              data=bytes([i % 256]) * size)
+        for i, size in enumerate(sizes)
+    )  # fmt: skip
+    message = AppendEntries(
+        term=term,
+        leader_id="n" * 100,
+        prev_log_index=prev,
+        prev_log_term=term - 1,
+        entries=entries,
+        leader_commit=2**63 - 1,
+        context=70_000,
+    )
+    pieces = encode_frame_pieces(message)
+    assert len(pieces) > 2  # the large entries' data went as pieces of their own
+    fields = [
+        3, term, "n" * 100, prev, term - 1,
+        [[e.term, e.index, int(e.kind), e.data] for e in entries], 2**63 - 1, 70_000,
+    ]  # fmt: skip
+    body = msgpack.packb(fields, use_bin_type=True)
+    assert b"".join(pieces) == struct.pack(">I", len(body)) + body
+    assert FrameDecoder(2 * len(body)).feed(b"".join(pieces)) == [message]
 
 
 @pytest.mark.parametrize("size", [4095, 4096, 65535, 65536, 70_000, MIB])

@@ -480,7 +480,7 @@ class TcpTransport:
         pieces = self._encode(to, message)
         if pieces is None:
             return
-        frame = pieces[0] + pieces[1]
+        frame = b"".join(pieces)
         written = write_now(fd, frame)
         if written == len(frame):
             self._messages_sent += 1
@@ -851,15 +851,15 @@ class TcpTransport:
             pieces = self._encode(to, queue.popleft())
             if pieces is not None:
                 frames += pieces
-                size += len(pieces[0]) + len(pieces[1])
+                size += sum(map(len, pieces))
                 count += 1
         return b"".join(frames), count
 
-    def _encode(self, to: NodeId, message: Message) -> tuple[bytes, bytes] | None:
-        """``message``'s frame in two pieces (``encode_frame_pieces``), or None (dropped,
+    def _encode(self, to: NodeId, message: Message) -> tuple[bytes, ...] | None:
+        """``message``'s frame in pieces (``encode_frame_pieces``), or None (dropped,
         counted and logged) if it is too large."""
         pieces = encode_frame_pieces(message)
-        size = len(pieces[0]) + len(pieces[1])
+        size = sum(map(len, pieces))
         if size > self._max_frame_bytes + 4:
             self._messages_dropped += 1
             logger.warning(

@@ -252,20 +252,26 @@ def encode_frame(message: WireMessage) -> bytes:
         TypeError: ``message`` is not a message type this codec knows.
         ValueError: the encoded body is larger than a frame can describe (4 GiB).
     """
-    head, rest = encode_frame_pieces(message)
-    return head + rest
+    return b"".join(encode_frame_pieces(message))
 
 
-def encode_frame_pieces(message: WireMessage) -> tuple[bytes, bytes]:
-    """``encode_frame(message)`` as two pieces to be written one after the other: a small
-    head, then the large rest, each copied once when they are joined.
+def encode_frame_pieces(message: WireMessage) -> tuple[bytes, ...]:
+    """``encode_frame(message)`` as pieces to be written one after the other, each copied
+    once when they are joined.
 
     For a writer that joins many frames into one write anyway (a node's queue to a peer), a
-    large body, say an AppendEntries of a megabyte, is then never copied just to put the
-    frame's length before it. Raises what ``encode_frame`` raises.
+    large body or entry, say an AppendEntries of a megabyte, is then never copied into a
+    packer's buffer and out again, nor just to put the frame's length before it. Raises
+    what ``encode_frame`` raises.
     """
     if isinstance(message, _WITH_BODY) and len(message.body) >= _LARGE_BODY:
         return _large_body_pieces(message)
+    if (
+        type(message) is AppendEntries
+        and 0 < len(message.entries) <= _MAX_PIECEWISE_ENTRIES
+        and max(len(entry.data) for entry in message.entries) >= _LARGE_BODY
+    ):
+        return _append_entries_pieces(message)
     fields_of = _FIELDS_OF.get(type(message))
     if fields_of is None:
         raise TypeError(f"cannot encode {type(message).__name__}: not a wire message")
@@ -277,7 +283,12 @@ def encode_frame_pieces(message: WireMessage) -> tuple[bytes, bytes]:
 
 _WITH_BODY = (Request, Response)
 _LARGE_BODY = 4096
-"""From this many body bytes on, a Request or Response is not packed whole."""
+"""From this many body (or entry data) bytes on, a message is not packed whole."""
+_MAX_PIECEWISE_ENTRIES = 64
+"""An AppendEntries of more entries is packed whole, without looking for large ones: its
+entries are small (a batch entry is about as large as a client's frame)."""
+_ARRAY16 = struct.Struct(">BH")
+_ARRAY32 = struct.Struct(">BI")
 
 _BIN8 = struct.Struct(">BB")
 _BIN16 = struct.Struct(">BH")
@@ -291,6 +302,40 @@ def bin_header(size: int) -> bytes:
     if size <= 0xFFFF:
         return _BIN16.pack(0xC5, size)
     return _BIN32.pack(0xC6, size)
+
+
+def array_header(count: int) -> bytes:
+    """msgpack's header of an array of ``count`` items (the smallest form, as msgpack packs)."""
+    if count <= 15:
+        return bytes((0x90 | count,))
+    if count <= 0xFFFF:
+        return _ARRAY16.pack(0xDC, count)
+    return _ARRAY32.pack(0xDD, count)
+
+
+def _append_entries_pieces(message: AppendEntries) -> tuple[bytes, ...]:
+    """The same bytes as packing the whole AppendEntries, with each large entry's data a
+    piece of its own rather than copied into the packer's buffer and out again."""
+    entries = message.entries
+    # Each packed tuple's one-byte fixarray header is replaced by the array's real one.
+    head = packb(
+        (3, message.term, message.leader_id, message.prev_log_index, message.prev_log_term)
+    )
+    pieces = [b"", b"\x98" + head[1:] + array_header(len(entries))]
+    for entry in entries:
+        data = entry.data
+        if len(data) < _LARGE_BODY:
+            pieces.append(packb((entry.term, entry.index, entry.kind, data)))
+        else:
+            entry_head = packb((entry.term, entry.index, entry.kind))
+            pieces.append(b"\x94" + entry_head[1:] + bin_header(len(data)))
+            pieces.append(data)
+    pieces.append(packb((message.leader_commit, message.context))[1:])
+    length = sum(map(len, pieces))
+    if length > _MAX_FRAME_LENGTH:
+        raise ValueError(f"AppendEntries of {length} bytes does not fit a frame")
+    pieces[0] = _HEADER.pack(length)
+    return tuple(pieces)
 
 
 def _large_body_pieces(message: Request | Response) -> tuple[bytes, bytes]:
