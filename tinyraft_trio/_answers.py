@@ -140,18 +140,26 @@ class BatchEntryReply:
     """A batch of "apply" requests proposed as one entry (``EntryKind.BATCH``), waiting,
     without a task, for it to be applied."""
 
-    __slots__ = ("count", "reply", "request_id", "term")
+    __slots__ = ("commands", "data", "reply", "request_id", "term")
 
     def __init__(
-        self, term: Term, request_id: int, count: int, reply: Callable[[Response], None]
+        self,
+        term: Term,
+        request_id: int,
+        data: bytes,
+        commands: list[bytes],
+        reply: Callable[[Response], None],
     ) -> None:
         self.term = term
         self.request_id = request_id
-        self.count = count
+        self.data = data
+        """The entry's data (the very object): only that entry may use ``commands``."""
+        self.commands = commands
+        """``data`` decoded, kept so that the leader applying it need not decode it again."""
         self.reply = reply
 
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
-        count = self.count
+        count = len(self.commands)
         if error is not None or not isinstance(result, BatchResults):
             ok, body = apply_outcome(None, error or LeadershipLostError("no outcome"))
             oks, bodies = [ok] * count, [body] * count

@@ -1071,7 +1071,11 @@ class RaftNode:
     def _apply_batch_entry(self, entry: Entry) -> BatchResults:
         """Apply each command of a batch entry in order, each on its own (one that raises
         does not stop the rest)."""
-        commands = decode_batch_body(entry.data)
+        waiter = self._waiters.get(entry.index)
+        if isinstance(waiter, BatchEntryReply) and waiter.data is entry.data:
+            commands: list[bytes] | None = waiter.commands  # decoded when it was proposed
+        else:
+            commands = decode_batch_body(entry.data)
         if commands is None:
             # The leader checked the batch before proposing it, so only a bug gets here;
             # every node skips the entry alike, and its caller learns why.
@@ -1304,7 +1308,7 @@ class RaftNode:
                 return False  # refused by the handler
             entry = core.propose(request.body, _BATCH)
             self._waiters[entry.index] = BatchEntryReply(
-                entry.term, request.request_id, len(bodies), reply
+                entry.term, request.request_id, entry.data, bodies, reply
             )
         elif SINGLE_METHOD_OF.get(method) in _OUTCOME_OF:
             # A batch of "submit"s (numbered commands), or of "apply"s too large for one
