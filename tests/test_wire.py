@@ -563,7 +563,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     (
         "bad entry kind",
         frame(entry_with(2, 7)),
-        "AppendEntries entries[1] kind: expected one of 0, 1, 2, 3, 4, got 7",
+        "AppendEntries entries[1] kind: expected one of 0, 1, 2, 3, 4, 5, got 7",
     ),
     ("bool entry kind", frame(entry_with(2, True)), "entries[1] kind: expected one of 0, 1, 2"),
     (

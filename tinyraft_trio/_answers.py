@@ -137,10 +137,10 @@ class BatchResults:
 
 
 class BatchEntryReply:
-    """A batch of "apply" requests proposed as one entry (``EntryKind.BATCH``), waiting,
-    without a task, for it to be applied."""
+    """A batch of "apply" or "submit" requests proposed as one entry (``EntryKind.BATCH``,
+    ``SESSION_BATCH``), waiting, without a task, for it to be applied."""
 
-    __slots__ = ("commands", "data", "reply", "request_id", "term")
+    __slots__ = ("commands", "data", "outcome", "reply", "request_id", "term")
 
     def __init__(
         self,
@@ -148,6 +148,7 @@ class BatchEntryReply:
         request_id: int,
         data: bytes,
         commands: list[bytes],
+        outcome: Outcome,
         reply: Callable[[Response], None],
     ) -> None:
         self.term = term
@@ -156,22 +157,25 @@ class BatchEntryReply:
         """The entry's data (the very object): only that entry may use ``commands``."""
         self.commands = commands
         """``data`` decoded, kept so that the leader applying it need not decode it again."""
+        self.outcome = outcome
+        """How each command's outcome becomes its answer (``apply_outcome``, ...)."""
         self.reply = reply
 
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
         count = len(self.commands)
+        outcome = self.outcome
         if error is not None or not isinstance(result, BatchResults):
-            ok, body = apply_outcome(None, error or LeadershipLostError("no outcome"))
+            ok, body = outcome(None, error or LeadershipLostError("no outcome"))
             oks, bodies = [ok] * count, [body] * count
         elif result.failure is not None:
             ok, body = answer_pair(["failed", result.failure])
             oks, bodies = [ok] * count, [body] * count
-        elif not result.errors and result.results.count(None) == count:
+        elif outcome is apply_outcome and not result.errors and result.results.count(None) == count:
             oks, bodies = [True] * count, [_OK_NONE[1]] * count  # the common answer
         else:
             errors = result.errors
             pairs = [
-                apply_outcome(value, errors.get(position))
+                outcome(value, errors.get(position))
                 for position, value in enumerate(result.results)
             ]
             oks, bodies = [ok for ok, _ in pairs], [body for _, body in pairs]

@@ -5,7 +5,8 @@ response to build and route, on both sides. When requests queue behind a busy co
 anyway, ``RpcClient`` sends the queued ones of a method as one ``<method>_batch`` request.
 The node carries out each one exactly as if it had come alone, and answers once when all
 are done (the queries of a batch share one read barrier, started after the batch arrived;
-the leader proposes a batch of "apply"s as one ``EntryKind.BATCH`` entry).
+the leader proposes a batch of "apply"s, or of "submit"s, as one entry: ``EntryKind.BATCH``,
+``EntryKind.SESSION_BATCH``).
 
 Wire format (all msgpack):
 - request body: an array of the single requests' bodies (each bytes), in order;

@@ -48,7 +48,12 @@ from ._answers import (
     submit_answer,
     submit_outcome,
 )
-from ._batching import SINGLE_METHOD_OF, decode_batch_body, encode_batch_answer
+from ._batching import (
+    SINGLE_METHOD_OF,
+    decode_batch_body,
+    encode_batch_answer,
+    encode_batch_body,
+)
 from ._config import RaftConfig, check_node_id, parse_address
 from ._core._messages import Message
 from ._core._state import CoreSettings, RaftCore, Ready, SnapshotNeeded
@@ -90,7 +95,8 @@ logger = logging.getLogger("tinyraft_trio.node")
 _APPLY_BATCH = 1024
 """At most this many commands are applied between two checkpoints of the applier."""
 
-_COMMAND, _SESSION, _BATCH = EntryKind.COMMAND, EntryKind.SESSION, EntryKind.BATCH
+_COMMAND, _SESSION = EntryKind.COMMAND, EntryKind.SESSION
+_BATCH, _SESSION_BATCH = EntryKind.BATCH, EntryKind.SESSION_BATCH
 """For the per-entry paths: looking an enum member up on its class is slow on Python 3.11."""
 
 _SETTLE_ROUNDS = 4
@@ -1048,14 +1054,11 @@ class RaftNode:
                 result = self._state_machine.apply(entry.data)
             except Exception as exc:
                 error = exc
-        elif kind is _BATCH:
+        elif kind is _BATCH or kind is _SESSION_BATCH:
             result = self._apply_batch_entry(entry)
             commands = len(result.results)
         elif kind is _SESSION:
-            try:
-                result, _ = self._sessions.apply(entry.data, self._state_machine)
-            except StaleSequenceError as exc:
-                result = ("error", ["StaleSequenceError", str(exc)])
+            result = self._apply_session_command(entry.data)
         self._last_applied = entry.index
         self._applied_commands += commands
         waiter = self._waiters.pop(entry.index, None)
@@ -1068,9 +1071,18 @@ class RaftNode:
             self._observer.applied_entry(self, entry)
         return commands
 
+    def _apply_session_command(self, data: bytes) -> object:
+        """Apply a client's numbered command (a SESSION entry's data) at most once; its
+        outcome, as sessions keep it."""
+        try:
+            outcome, _ = self._sessions.apply(data, self._state_machine)
+        except StaleSequenceError as exc:
+            return ("error", ["StaleSequenceError", str(exc)])
+        return outcome
+
     def _apply_batch_entry(self, entry: Entry) -> BatchResults:
-        """Apply each command of a batch entry in order, each on its own (one that raises
-        does not stop the rest)."""
+        """Apply each command of a batch entry (BATCH or SESSION_BATCH) in order, each on
+        its own (one that raises does not stop the rest)."""
         waiter = self._waiters.get(entry.index)
         if isinstance(waiter, BatchEntryReply) and waiter.data is entry.data:
             commands: list[bytes] | None = waiter.commands  # decoded when it was proposed
@@ -1081,7 +1093,7 @@ class RaftNode:
             # every node skips the entry alike, and its caller learns why.
             logger.error("%s: entry %d is a malformed batch; skipped", self.id, entry.index)
             return BatchResults([], {}, "the batch entry is malformed")
-        apply = self._state_machine.apply
+        apply = self._state_machine.apply if entry.kind is _BATCH else self._apply_session_command
         results: list[object] = []
         errors: dict[int, BaseException] = {}
         for command in commands:
@@ -1308,7 +1320,14 @@ class RaftNode:
                 return False  # refused by the handler
             entry = core.propose(request.body, _BATCH)
             self._waiters[entry.index] = BatchEntryReply(
-                entry.term, request.request_id, entry.data, bodies, reply
+                entry.term, request.request_id, entry.data, bodies, apply_outcome, reply
+            )
+        elif method == "submit_batch" and (session_batch := self._session_batch(request.body)):
+            # Numbered commands, likewise one entry (``EntryKind.SESSION_BATCH``).
+            data, datas = session_batch
+            entry = core.propose(data, _SESSION_BATCH)
+            self._waiters[entry.index] = BatchEntryReply(
+                entry.term, request.request_id, entry.data, datas, submit_outcome, reply
             )
         elif SINGLE_METHOD_OF.get(method) in _OUTCOME_OF:
             # A batch of "submit"s (numbered commands), or of "apply"s too large for one
@@ -1338,6 +1357,22 @@ class RaftNode:
         self._in_burst = True
         self._after_propose(core)
         return True
+
+    def _session_batch(self, body: bytes) -> tuple[bytes, list[bytes]] | None:
+        """The SESSION_BATCH entry's data for a "submit_batch" body, and the SESSION
+        entries' data in it; None if a command is malformed or they would not fit one entry
+        (then each command is proposed, or refused, alone)."""
+        bodies = decode_batch_body(body)
+        if bodies is None:
+            return None
+        datas = []
+        for submit in bodies:
+            data = session_entry_data(submit)
+            if data is None:
+                return None
+            datas.append(data)
+        entry_data = encode_batch_body(datas)
+        return None if len(entry_data) > self._command_limit else (entry_data, datas)
 
     def _fast_proposal(self, method: str, body: bytes) -> tuple[bytes, EntryKind] | None:
         """The entry an "apply" or "submit" body proposes; None if the handler must refuse it."""

@@ -54,30 +54,51 @@ async def _batch_client(
     cluster: MemoryCluster, rng: random.Random, acknowledged: list[bytes]
 ) -> None:
     """Send batches of commands to random nodes (a follower forwards them to its leader),
-    each batch one log entry; record the commands whose own answer is "ok"."""
+    each batch one log entry; record the commands whose own answer is "ok".
+
+    Half the batches are of numbered commands ("submit_batch"), resent with the same
+    numbers until every answer is known: each must still be applied once.
+    """
     client = cluster.network.client("batcher")
     counter = 0
+    sequence = 0
     while True:
         await trio.sleep(rng.uniform(0.02, 0.1))
-        running = sorted(cluster.running)
-        if not running:
-            continue
         commands = [f"z-{counter + i}".encode() for i in range(rng.randint(1, 6))]
         counter += len(commands)
-        address = cluster.address_of(rng.choice(running))
-        try:
-            response = await client.request(
-                address, "apply_batch", msgpack.packb(commands), timeout=2 * ELECTION_TIMEOUT
-            )
-        except TransportError:
-            continue
-        if not response.ok:
-            continue
-        answers = decode_batch_answer(response.body, len(commands))
-        assert answers is not None, response.body
-        for command, body in zip(commands, answers[1], strict=True):
-            if msgpack.unpackb(body)[0] == "ok":
-                acknowledged.append(command)
+        if rng.random() < 0.5:
+            method, bodies = "apply_batch", commands
+        else:
+            method = "submit_batch"
+            numbers = range(sequence + 1, sequence + 1 + len(commands))
+            bodies = [
+                msgpack.packb(["batcher", n, c]) for n, c in zip(numbers, commands, strict=True)
+            ]
+            sequence += len(commands)
+        answered: set[bytes] = set()
+        for _attempt in range(1 if method == "apply_batch" else 20):
+            await trio.sleep(rng.uniform(0.0, 0.05))
+            running = sorted(cluster.running)
+            if not running:
+                continue
+            address = cluster.address_of(rng.choice(running))
+            try:
+                response = await client.request(
+                    address, method, msgpack.packb(bodies), timeout=2 * ELECTION_TIMEOUT
+                )
+            except TransportError:
+                continue
+            if not response.ok:
+                continue
+            answers = decode_batch_answer(response.body, len(commands))
+            assert answers is not None, response.body
+            kinds = [msgpack.unpackb(body)[0] for body in answers[1]]
+            for command, kind in zip(commands, kinds, strict=True):
+                if kind == "ok" and command not in answered:
+                    answered.add(command)
+                    acknowledged.append(command)
+            if "unknown" not in kinds and "not_leader" not in kinds:
+                break
 
 
 async def _reader(cluster: MemoryCluster, rng: random.Random, acknowledged: list[bytes]) -> None:

@@ -271,6 +271,7 @@ async def test_a_submitted_batch_applies_each_numbered_command_once(
         def submit(sequence: int, command: bytes) -> bytes:
             return msgpack.packb(["c1", sequence, command, 1])
 
+        first = leader.status().last_log_index + 1
         body = msgpack.packb([submit(1, b"one"), submit(2, b"two"), submit(1, b"one")])
         response = await client.request(address, "submit_batch", body, timeout=5)
         assert batch_answers(response) == [["ok", 1], ["ok", 2], ["ok", 1]]
@@ -278,7 +279,10 @@ async def test_a_submitted_batch_applies_each_numbered_command_once(
         response = await client.request(address, "submit_batch", body, timeout=5)
         assert batch_answers(response) == [["ok", 2], ["ok", 3]]
         await cluster.wait_applied(leader.status().commit_index)
-        for machine in cluster.state_machines.values():
+        for node_id, node in cluster.running.items():
+            # Each batch is one entry (``EntryKind.SESSION_BATCH``).
+            assert entry_kinds(node, first) == [EntryKind.SESSION_BATCH] * 2, node_id
+            machine = cluster.state_machines[node_id]
             assert machine.commands == [b"one", b"two", b"three"]  # type: ignore[attr-defined]
 
 

@@ -41,6 +41,9 @@ class EntryKind(enum.IntEnum):
     """Independent commands proposed together: a msgpack array of commands (each bytes),
     applied in order, each with its own result. One entry for a client's whole batch of
     commands is one entry to encode, store, send and check instead of one per command."""
+    SESSION_BATCH = 5
+    """Numbered commands proposed together: a msgpack array of SESSION entries' data, each
+    applied in order exactly as if it were a SESSION entry of its own."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
