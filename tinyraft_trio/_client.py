@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -257,6 +258,9 @@ class RaftClient:
         """Invariant: every sequence below this was handed to exactly one apply() call."""
         self._outstanding: set[int] = set()
         """Invariant: the sequences of the apply() calls still running."""
+        self._outstanding_order: deque[int] = deque()
+        """Every sequence of ``_outstanding`` and some finished ones, in increasing order:
+        the lowest still running is found without a pass over all of them."""
         self._round_robin = rng.randrange(len(self._addresses))
         self._leader_address: str | None = None
         """The last address known to lead (or to have answered a command); tried first."""
@@ -309,15 +313,26 @@ class RaftClient:
         sequence = self._next_sequence
         self._next_sequence += 1
         self._outstanding.add(sequence)
+        self._outstanding_order.append(sequence)
         try:
             # The lowest sequence still waiting lets the cluster forget older results.
-            first_outstanding = min(self._outstanding)
+            first_outstanding = self._first_outstanding()
             body: bytes = msgpack.packb(
                 [self.client_id, sequence, command, first_outstanding], use_bin_type=True
             )
             return await self._run(attempts, "submit", body)
         finally:
             self._outstanding.discard(sequence)
+
+    def _first_outstanding(self) -> int:
+        """The lowest sequence of an apply() call still running (there is one: the caller's)."""
+        order, outstanding = self._outstanding_order, self._outstanding
+        while order[0] not in outstanding:
+            order.popleft()
+        if len(order) > 2 * len(outstanding) + 64:
+            # A long call at the front keeps the finished ones behind it: drop them.
+            self._outstanding_order = order = deque(s for s in order if s in outstanding)
+        return order[0]
 
     async def query(
         self,

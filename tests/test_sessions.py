@@ -1,0 +1,136 @@
+"""The session table (exactly-once commands, dissertation §6.3) against a plain model of it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyraft_trio._client import RaftClient
+from tinyraft_trio._sessions import (
+    KEPT_RESULTS,
+    SessionTable,
+    StaleSequenceError,
+    encode_command,
+)
+from tinyraft_trio.testing import RecordingStateMachine
+
+
+class _ModelTable:
+    """What the table must do, the plainest way: every rule a pass over the results."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, object] = {}
+        self.first_outstanding = 0
+        self.applied: list[bytes] = []
+
+    def apply(self, sequence: int, first_outstanding: int, command: bytes) -> object:
+        if first_outstanding:
+            self.first_outstanding = max(self.first_outstanding, first_outstanding)
+            for old in [s for s in self.results if s < self.first_outstanding]:
+                del self.results[old]
+        if sequence in self.results:
+            return self.results[sequence]
+        if sequence < self.first_outstanding or (
+            self.results and sequence < min(self.results) and len(self.results) >= KEPT_RESULTS
+        ):
+            return "stale"
+        self.applied.append(command)
+        self.results[sequence] = ("ok", len(self.applied))
+        if len(self.results) > KEPT_RESULTS:
+            del self.results[min(self.results)]
+        return self.results[sequence]
+
+
+def _apply(table: SessionTable, machine: RecordingStateMachine, seq: int, first: int) -> object:
+    data = encode_command("c1", seq, first, 1000, f"cmd-{seq}".encode())
+    try:
+        outcome, _ = table.apply(data, machine)
+    except StaleSequenceError:
+        return "stale"
+    return outcome
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, KEPT_RESULTS + 300), st.integers(0, KEPT_RESULTS + 300)),
+        max_size=3 * KEPT_RESULTS,
+    ),
+    st.integers(0, 3 * KEPT_RESULTS),
+)
+def test_the_table_answers_and_forgets_as_the_model_does(
+    commands: list[tuple[int, int]], restore_at: int
+) -> None:
+    """Out-of-order and repeated sequences, first_outstanding moving on (or not given), more
+    results than are kept, and a snapshot restored midway: each answer, and what was applied,
+    must be the model's."""
+    table, machine, model = SessionTable(timeout_ms=10**9), RecordingStateMachine(), _ModelTable()
+    for position, (sequence, first_outstanding) in enumerate(commands):
+        if position == restore_at:
+            restored = SessionTable(timeout_ms=10**9)
+            restored.restore(msgpack.unpackb(msgpack.packb(table.snapshot())))
+            table = restored
+        got = _apply(table, machine, sequence, first_outstanding)
+        want = model.apply(sequence, first_outstanding, f"cmd-{sequence}".encode())
+        assert got == want, (position, sequence, first_outstanding)
+    assert machine.commands == model.applied
+
+
+def test_thousands_of_results_are_forgotten_in_order_as_the_client_moves_on() -> None:
+    table, machine = SessionTable(timeout_ms=10**9), RecordingStateMachine()
+    for sequence in range(1, 5001):
+        assert _apply(table, machine, sequence, max(1, sequence - 900)) == ("ok", sequence)
+    assert _apply(table, machine, 4000, 4100) == "stale"  # forgotten: below first_outstanding
+    assert _apply(table, machine, 4200, 4100) == ("ok", 4200)  # kept: answered, not re-applied
+    assert len(machine.commands) == 5000
+
+
+def test_a_restored_table_forgets_the_oldest_results_first() -> None:
+    table, machine = SessionTable(timeout_ms=10**9), RecordingStateMachine()
+    for sequence in [5, 3, 9, 1, 7, 2, 8, 4, 6, 10]:
+        _apply(table, machine, sequence, 0)
+    restored = SessionTable(timeout_ms=10**9)
+    restored.restore(msgpack.unpackb(msgpack.packb(table.snapshot())))
+    assert _apply(restored, machine, 11, 4) == ("ok", 11)  # forgets 1, 2 and 3
+    assert _apply(restored, machine, 3, 0) == "stale"
+    assert _apply(restored, machine, 4, 0) == ("ok", 8)  # kept: its first answer
+    assert _apply(restored, machine, 9, 7) == ("ok", 3)  # forgets 4, 5 and 6
+    assert [_apply(restored, machine, s, 0) for s in (6, 7)] == ["stale", ("ok", 5)]
+    assert len(machine.commands) == 11
+
+
+@pytest.mark.parametrize("finished_first", [[], [2, 3], [1], [1, 2, 3, 4]])
+def test_the_client_numbers_the_lowest_command_still_running(finished_first: list[int]) -> None:
+    client = _client_with_calls_running(range(1, 6))
+    for sequence in finished_first:
+        client._outstanding.discard(sequence)
+    assert client._first_outstanding() == min(client._outstanding)
+
+
+def test_a_long_call_at_the_front_does_not_keep_every_finished_number() -> None:
+    client = _client_with_calls_running([1])
+    for sequence in range(2, 10_000):
+        client._outstanding.add(sequence)
+        client._outstanding_order.append(sequence)
+        assert client._first_outstanding() == 1
+        client._outstanding.discard(sequence)
+    assert len(client._outstanding_order) < 100
+
+
+def _client_with_calls_running(sequences: Iterable[int]) -> RaftClient:
+    client = RaftClient(
+        None,  # type: ignore[arg-type]
+        ["127.0.0.1:1"],
+        client_id="c1",
+        timeout=1.0,
+        rng=random.Random(0),
+    )
+    for sequence in sequences:
+        client._outstanding.add(sequence)
+        client._outstanding_order.append(sequence)
+    return client
