@@ -792,7 +792,7 @@ def _render_memory(report: dict[str, Any]) -> list[str]:
         f"{any_result['samples'][1]['acked'] if len(any_result['samples']) > 1 else 0:,} "
         "acknowledged writes; middle = the sample nearest half of them. Peak = VmHWM at the "
         "end (the kernel updates it lazily: it can be a little below the largest sample). "
-        f"Snapshots are on (tinyraft_trio: every {snapshot_every} entries; PySyncObj: its "
+        f"Snapshots are on (tinyraft_trio: every {snapshot_every} commands; PySyncObj: its "
         "log compaction defaults). MiB throughout.",
         "",
         "| config | writes acked | ops/s | counts | leader RSS start / middle / end | "
