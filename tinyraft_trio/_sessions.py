@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 
 from ._state_machine import StateMachine
+from ._wire import bin_header
 
 KEPT_RESULTS = 1024
 """Results kept per client when it does not say which it still waits for."""
@@ -147,21 +148,13 @@ def wrap_snapshot(sessions: SessionTable, state_machine_snapshot: bytes) -> byte
     the state machine's bytes rather than packed again: a large state is copied once, and
     does not need room for a third copy while it is packed.
     """
+    length = len(state_machine_snapshot)
+    if length >= 1 << 32:
+        raise ValueError(f"snapshot: the state machine's snapshot is {length} bytes, over 4 GiB")
     packer = msgpack.Packer()
     head = packer.pack_array_header(3) + packer.pack(SNAPSHOT_FORMAT)
-    head += packer.pack(sessions.snapshot()) + _bin_header(len(state_machine_snapshot))
+    head += packer.pack(sessions.snapshot()) + bin_header(length)
     return b"".join((head, state_machine_snapshot))
-
-
-def _bin_header(length: int) -> bytes:
-    """The msgpack header of a ``length``-byte bin (bin 8, 16 or 32)."""
-    if length < 1 << 8:
-        return b"\xc4" + length.to_bytes(1, "big")
-    if length < 1 << 16:
-        return b"\xc5" + length.to_bytes(2, "big")
-    if length < 1 << 32:
-        return b"\xc6" + length.to_bytes(4, "big")
-    raise ValueError(f"snapshot: the state machine's snapshot is {length} bytes, over 4 GiB")
 
 
 def unwrap_snapshot(data: bytes, sessions: SessionTable) -> bytes:

@@ -9,7 +9,7 @@ from tinyraft_trio import RaftNode
 from tinyraft_trio._batching import decode_batch_answer
 from tinyraft_trio._core._types import EntryKind
 from tinyraft_trio._rpc import Request, Response
-from tinyraft_trio.testing import RecordingStateMachine, open_memory_cluster
+from tinyraft_trio.testing import MemoryCluster, RecordingStateMachine, open_memory_cluster
 
 
 async def test_any_node_applies_a_command_by_forwarding_to_the_leader(
@@ -172,6 +172,16 @@ def entry_kinds(node: RaftNode, first: int) -> list[EntryKind]:
     return [log.entry(index).kind for index in range(first, log.last_index + 1)]
 
 
+def assert_every_node_has(
+    cluster: MemoryCluster, first: int, kinds: list[EntryKind], commands: list[bytes]
+) -> None:
+    """Every running node's log from ``first`` holds entries of ``kinds``, and its state
+    machine applied ``commands``, in order."""
+    for node_id, node in cluster.running.items():
+        assert entry_kinds(node, first) == kinds, node_id
+        assert cluster.state_machines[node_id].commands == commands  # type: ignore[attr-defined]
+
+
 async def test_an_apply_batch_is_one_entry_whose_commands_each_have_their_own_answer(
     autojump_clock: object,
 ) -> None:
@@ -192,11 +202,9 @@ async def test_an_apply_batch_is_one_entry_whose_commands_each_have_their_own_an
             ["ok", 3],
         ]
         await cluster.wait_applied(leader.status().commit_index)
-        for node_id, node in cluster.running.items():
-            assert entry_kinds(node, first) == [EntryKind.BATCH], node_id
+        assert_every_node_has(cluster, first, [EntryKind.BATCH], [b"a", b"b", b"c"])
+        for node in cluster.running.values():
             assert node._running_core().log.entry(first).data == body
-            machine = cluster.state_machines[node_id]
-            assert machine.commands == [b"a", b"b", b"c"]  # type: ignore[attr-defined]
 
 
 async def test_an_apply_batch_too_large_for_one_entry_is_proposed_command_by_command(
@@ -279,11 +287,9 @@ async def test_a_submitted_batch_applies_each_numbered_command_once(
         response = await client.request(address, "submit_batch", body, timeout=5)
         assert batch_answers(response) == [["ok", 2], ["ok", 3]]
         await cluster.wait_applied(leader.status().commit_index)
-        for node_id, node in cluster.running.items():
-            # Each batch is one entry (``EntryKind.SESSION_BATCH``).
-            assert entry_kinds(node, first) == [EntryKind.SESSION_BATCH] * 2, node_id
-            machine = cluster.state_machines[node_id]
-            assert machine.commands == [b"one", b"two", b"three"]  # type: ignore[attr-defined]
+        # Each batch is one entry.
+        kinds = [EntryKind.SESSION_BATCH] * 2
+        assert_every_node_has(cluster, first, kinds, [b"one", b"two", b"three"])
 
 
 async def test_a_deposed_leader_says_unknown_for_each_command_of_a_batch(
