@@ -164,21 +164,24 @@ class BatchEntryReply:
     def resolve(self, result: object = None, error: BaseException | None = None) -> None:
         count = len(self.commands)
         outcome = self.outcome
-        if error is not None or not isinstance(result, BatchResults):
-            ok, body = outcome(None, error or LeadershipLostError("no outcome"))
+        if error is not None:  # not applied here: every command has the same answer
+            ok, body = outcome(None, error)
             oks, bodies = [ok] * count, [body] * count
-        elif result.failure is not None:
-            ok, body = answer_pair(["failed", result.failure])
-            oks, bodies = [ok] * count, [body] * count
-        elif outcome is apply_outcome and not result.errors and result.results.count(None) == count:
-            oks, bodies = [True] * count, [_OK_NONE[1]] * count  # the common answer
         else:
-            errors = result.errors
-            pairs = [
-                outcome(value, errors.get(position))
-                for position, value in enumerate(result.results)
-            ]
-            oks, bodies = [ok for ok, _ in pairs], [body for _, body in pairs]
+            assert isinstance(result, BatchResults)  # what applying a batch entry gives
+            if result.failure is not None:
+                ok, body = answer_pair(["failed", result.failure])
+                oks, bodies = [ok] * count, [body] * count
+            elif (
+                outcome is apply_outcome
+                and not result.errors
+                and result.results.count(None) == count
+            ):
+                oks, bodies = [True] * count, [_OK_NONE[1]] * count  # the common answer
+            else:
+                errors = result.errors
+                pairs = [outcome(value, errors.get(i)) for i, value in enumerate(result.results)]
+                oks, bodies = [ok for ok, _ in pairs], [body for _, body in pairs]
         answer = encode_batch_answer(oks, bodies)
         self.reply(Response(request_id=self.request_id, ok=True, body=answer))
 

@@ -106,6 +106,13 @@ single-node leader commits what it persists, which then needs applying)."""
 _OUTCOME_OF: dict[str, Outcome] = {"apply": apply_outcome, "submit": submit_outcome}
 """The methods the leader's fast path takes, and how each turns an outcome into an answer."""
 
+_BATCH_KINDS: dict[str, tuple[EntryKind, EntryKind, Outcome]] = {
+    "apply_batch": (_BATCH, _COMMAND, apply_outcome),
+    "submit_batch": (_SESSION_BATCH, _SESSION, submit_outcome),
+}
+"""The batches the leader's fast path takes: the kind of their one entry, the kind of an
+entry per command (a batch too large for one), and how a command's outcome is answered."""
+
 
 def _parse_query(body: bytes) -> tuple[bytes, bool] | None:
     """A "query" request's ``(query, stale)``, or None if its body is malformed."""
@@ -1312,67 +1319,46 @@ class RaftNode:
                 return False  # refused by the handler
             entry = core.propose(*proposal)
             self._waiters[entry.index] = Reply(entry.term, request, _OUTCOME_OF[method], reply)
-        elif method == "apply_batch" and len(request.body) <= self._command_limit:
-            # The common batch: one entry holding the request's own bytes, applied command
-            # by command on every node (``EntryKind.BATCH``).
+        elif method in _BATCH_KINDS:
+            # A batch of commands (``_batching``): one entry of its commands, applied one by
+            # one on every node (``EntryKind.BATCH``, ``SESSION_BATCH``); or, too large for
+            # one entry, an entry per command as if each had come alone.
             bodies = decode_batch_body(request.body)
             if bodies is None:
                 return False  # refused by the handler
-            entry = core.propose(request.body, _BATCH)
-            self._waiters[entry.index] = BatchEntryReply(
-                entry.term, request.request_id, entry.data, bodies, apply_outcome, reply
-            )
-        elif method == "submit_batch" and (session_batch := self._session_batch(request.body)):
-            # Numbered commands, likewise one entry (``EntryKind.SESSION_BATCH``).
-            data, datas = session_batch
-            entry = core.propose(data, _SESSION_BATCH)
-            self._waiters[entry.index] = BatchEntryReply(
-                entry.term, request.request_id, entry.data, datas, submit_outcome, reply
-            )
-        elif SINGLE_METHOD_OF.get(method) in _OUTCOME_OF:
-            # A batch of "submit"s (numbered commands), or of "apply"s too large for one
-            # entry: each command proposed as if it came alone (``_batching``).
-            bodies = decode_batch_body(request.body)
-            if bodies is None:
-                return False  # refused by the handler
-            single = SINGLE_METHOD_OF[method]
-            if single == "apply":  # checked without a call per command
-                if max(map(len, bodies)) > self._command_limit:
-                    return False  # the handler refuses that command and carries out the rest
-                proposals = [(body, _COMMAND) for body in bodies]
+            batch_kind, single_kind, outcome = _BATCH_KINDS[method]
+            if batch_kind is _BATCH:
+                commands, data = bodies, request.body  # the request's own bytes
             else:
-                proposals = []
-                for body in bodies:
-                    proposal = self._fast_proposal(single, body)
-                    if proposal is None:
-                        return False  # the handler refuses it and carries out the rest
-                    proposals.append(proposal)
-            batch = BatchReply(request.request_id, len(proposals), reply)
-            outcome = _OUTCOME_OF[single]
+                session_commands = self._session_commands(bodies)
+                if session_commands is None:
+                    return False  # the handler refuses the malformed one, does the rest
+                commands, data = session_commands, encode_batch_body(session_commands)
             waiters = self._waiters
-            for position, entry in enumerate(core.propose_many(proposals)):
-                waiters[entry.index] = BatchPart(entry.term, batch, position, outcome)
+            if len(data) <= self._command_limit:
+                entry = core.propose(data, batch_kind)
+                waiters[entry.index] = BatchEntryReply(
+                    entry.term, request.request_id, entry.data, commands, outcome, reply
+                )
+            else:
+                if batch_kind is _BATCH and max(map(len, commands)) > self._command_limit:
+                    return False  # the handler refuses that command and carries out the rest
+                batch = BatchReply(request.request_id, len(commands), reply)
+                proposals = [(command, single_kind) for command in commands]
+                for position, entry in enumerate(core.propose_many(proposals)):
+                    waiters[entry.index] = BatchPart(entry.term, batch, position, outcome)
         else:
             return False
         self._in_burst = True
         self._after_propose(core)
         return True
 
-    def _session_batch(self, body: bytes) -> tuple[bytes, list[bytes]] | None:
-        """The SESSION_BATCH entry's data for a "submit_batch" body, and the SESSION
-        entries' data in it; None if a command is malformed or they would not fit one entry
-        (then each command is proposed, or refused, alone)."""
-        bodies = decode_batch_body(body)
-        if bodies is None:
-            return None
-        datas = []
-        for submit in bodies:
-            data = session_entry_data(submit)
-            if data is None:
-                return None
-            datas.append(data)
-        entry_data = encode_batch_body(datas)
-        return None if len(entry_data) > self._command_limit else (entry_data, datas)
+    @staticmethod
+    def _session_commands(bodies: list[bytes]) -> list[bytes] | None:
+        """The SESSION entries' data for the "submit" bodies of a batch; None if one is
+        malformed."""
+        datas = [session_entry_data(body) for body in bodies]
+        return None if None in datas else cast(list[bytes], datas)
 
     def _fast_proposal(self, method: str, body: bytes) -> tuple[bytes, EntryKind] | None:
         """The entry an "apply" or "submit" body proposes; None if the handler must refuse it."""

@@ -313,6 +313,14 @@ def array_header(count: int) -> bytes:
     return _ARRAY32.pack(0xDD, count)
 
 
+def entry_head(term: int, index: int, kind: int, size: int) -> bytes:
+    """What precedes an entry's ``size`` bytes of data in its msgpack encoding (the array
+    ``[term, index, kind, data]``, as on the wire and in the log): a large entry's data can
+    then follow as a piece of its own instead of being copied into a packer and out again."""
+    # The packed tuple's one-byte fixarray header (0x93) becomes the entry's (0x94).
+    return b"\x94" + packb((term, index, kind))[1:] + bin_header(size)
+
+
 def _append_entries_pieces(message: AppendEntries) -> tuple[bytes, ...]:
     """The same bytes as packing the whole AppendEntries, with each large entry's data a
     piece of its own rather than copied into the packer's buffer and out again."""
@@ -327,8 +335,7 @@ def _append_entries_pieces(message: AppendEntries) -> tuple[bytes, ...]:
         if len(data) < _LARGE_BODY:
             pieces.append(packb((entry.term, entry.index, entry.kind, data)))
         else:
-            entry_head = packb((entry.term, entry.index, entry.kind))
-            pieces.append(b"\x94" + entry_head[1:] + bin_header(len(data)))
+            pieces.append(entry_head(entry.term, entry.index, entry.kind, len(data)))
             pieces.append(data)
     pieces.append(packb((message.leader_commit, message.context))[1:])
     length = sum(map(len, pieces))

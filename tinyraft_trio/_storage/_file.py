@@ -70,7 +70,7 @@ from .._core._types import (
     build_entry,
 )
 from .._exceptions import RaftError
-from .._wire import bin_header
+from .._wire import entry_head
 from ._base import PersistentState
 
 logger = logging.getLogger("tinyraft_trio.storage")
@@ -1133,10 +1133,8 @@ class FileStorage:
                 payload = pack([entry.term, entry.index, entry.kind, entry_data])  # IntEnum kind
                 length, crc, entry_data = len(payload), crc32(payload), b""
             else:
-                # The same payload as packing it whole, without copying the data into the
-                # packer's buffer and out again: [term, index, kind, <bin header>] + data.
-                payload = b"\x94" + pack((entry.term, entry.index, entry.kind))[1:]
-                payload += bin_header(len(entry_data))
+                # The same payload as packing it whole, its data not copied into the packer.
+                payload = entry_head(entry.term, entry.index, entry.kind, len(entry_data))
                 length = len(payload) + len(entry_data)
                 crc = crc32(entry_data, crc32(payload))
             if current_size and current_size + _RECORD_HEADER.size + length > limit:
