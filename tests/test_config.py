@@ -44,6 +44,7 @@ def test_peers_are_frozen_and_must_include_self() -> None:
         ({"max_frame_bytes": 10}, "max_frame_bytes"),
         ({"max_frame_bytes": 2000, "max_bytes_per_append": 1000}, "max_frame_bytes"),
         ({"seed": "x"}, "seed"),
+        ({"trailing_bytes": -1}, "trailing_bytes"),
         ({"cluster_id": ""}, "cluster_id"),
     ],
 )

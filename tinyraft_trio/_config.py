@@ -84,6 +84,8 @@ class RaftConfig:
             disk when the state is large.
         trailing_entries: entries kept in the log behind a snapshot, so a follower that is
             only slightly behind catches up from the log rather than from a snapshot.
+        trailing_bytes: at most this many bytes of entry data are kept behind a snapshot,
+            whatever ``trailing_entries`` allows (a batch entry can hold a thousand commands).
         snapshot_chunk_bytes: most snapshot bytes in one InstallSnapshot message.
         promote_within_entries: a learner added as a voter is promoted once its log is
             within this many entries of the leader's.
@@ -118,6 +120,7 @@ class RaftConfig:
     segment_bytes: int = 4 * 1024 * 1024
     snapshot_threshold: int = 32768
     trailing_entries: int = 1024
+    trailing_bytes: int = 4 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
     promote_within_entries: int = 64
     bootstrap: bool = False
@@ -169,6 +172,7 @@ class RaftConfig:
         _check_int_range("segment_bytes", self.segment_bytes, 4096, 1 << 40)
         _check_int_range("snapshot_threshold", self.snapshot_threshold, 1, 1 << 40)
         _check_int_range("trailing_entries", self.trailing_entries, 0, 1 << 40)
+        _check_int_range("trailing_bytes", self.trailing_bytes, 0, 1 << 40)
         _check_int_range(
             "snapshot_chunk_bytes", self.snapshot_chunk_bytes, 1, self.max_frame_bytes - 4096
         )

@@ -751,6 +751,7 @@ class RaftNode:
                 max_inflight_appends=self.config.max_inflight_appends,
                 snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
                 trailing_entries=self.config.trailing_entries,
+                trailing_bytes=self.config.trailing_bytes,
             ),
             hard_state=state.hard_state,
             snapshot=state.snapshot,

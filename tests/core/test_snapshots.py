@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tinyraft_trio._core._messages import (
     AppendEntries,
@@ -11,7 +13,7 @@ from tinyraft_trio._core._messages import (
     InstallSnapshotResponse,
 )
 from tinyraft_trio._core._state import RaftCore, SnapshotNeeded
-from tinyraft_trio._core._types import HardState, Member, Membership, SnapshotMeta
+from tinyraft_trio._core._types import Entry, HardState, Member, Membership, SnapshotMeta
 
 from .helpers import elect, log_of, make_core, settings
 
@@ -147,6 +149,46 @@ def test_compaction_keeps_trailing_entries() -> None:
     assert core.on_snapshot_saved(meta) == 15
     assert core.log.first_index == 16
     assert core.on_snapshot_saved(meta) is None  # not newer: nothing to do
+
+
+def test_compaction_keeps_at_most_trailing_bytes_of_entries() -> None:
+    """One batch entry can hold a thousand commands: counting entries alone let a node keep
+    a thousand such entries (a GiB of 1 KiB commands) behind every snapshot."""
+    log = [Entry(term=1, index=index, data=bytes(100)) for index in range(1, 21)]
+    core = make_core("a", log=log, trailing_entries=10, trailing_bytes=350)
+    core.commit_index = core.applied_index = 20
+    assert core.on_snapshot_saved(core.snapshot_meta_at(20)) == 17  # 3 entries of 100 bytes
+    assert core.log.first_index == 18
+
+    core = make_core("a", log=log, trailing_entries=2, trailing_bytes=10_000)
+    core.commit_index = core.applied_index = 20
+    assert core.on_snapshot_saved(core.snapshot_meta_at(20)) == 18  # the count binds first
+
+    core = make_core("a", log=log, trailing_entries=10, trailing_bytes=99)
+    core.commit_index = core.applied_index = 20
+    assert core.on_snapshot_saved(core.snapshot_meta_at(20)) == 20  # not even one fits
+
+
+@given(
+    sizes=st.lists(st.integers(0, 50), min_size=1, max_size=30),
+    snapshot_at=st.integers(1, 30),
+    keep_entries=st.integers(0, 40),
+    keep_bytes=st.integers(0, 400),
+)
+def test_trailing_entries_kept_are_the_longest_suffix_within_both_limits(
+    sizes: list[int], snapshot_at: int, keep_entries: int, keep_bytes: int
+) -> None:
+    log = [Entry(term=1, index=i, data=bytes(size)) for i, size in enumerate(sizes, start=1)]
+    snapshot_at = min(snapshot_at, len(log))
+    core = make_core("a", log=log, trailing_entries=keep_entries, trailing_bytes=keep_bytes)
+    core.commit_index = core.applied_index = snapshot_at
+    through = core.on_snapshot_saved(core.snapshot_meta_at(snapshot_at))
+    first_kept = (through if through is not None else 0) + 1
+    kept = sizes[first_kept - 1 : snapshot_at]
+    assert len(kept) <= keep_entries and sum(kept) <= keep_bytes
+    if first_kept > 1:  # one more entry would break a limit
+        more = sizes[first_kept - 2 : snapshot_at]
+        assert len(more) > keep_entries or sum(more) > keep_bytes
 
 
 def test_recovery_keeps_entries_behind_the_snapshot_only_if_they_match_it() -> None:

@@ -182,3 +182,28 @@ async def test_the_snapshot_threshold_counts_the_commands_of_batch_entries(
         assert index < SMALL["snapshot_threshold"]  # far fewer entries than the threshold
         await converge(cluster)  # applies one more command, after which the snapshot is saved
         assert leader.status().snapshot_index >= index
+
+
+async def test_the_log_behind_a_snapshot_keeps_at_most_trailing_bytes(
+    autojump_clock: object,
+) -> None:
+    """Batch entries are large: what a snapshot leaves behind is bounded in bytes too, or a
+    node would keep ``trailing_entries`` whole batches (up to a GiB) in memory."""
+    settings = dict(SMALL, trailing_entries=1000, trailing_bytes=3000)
+    async with open_memory_cluster(3, seed=57, **settings) as cluster:
+        leader = await cluster.wait_for_leader()
+        client = cluster.network.client("client-1")
+        for batch in range(12):
+            body = msgpack.packb([b"%d-%d-" % (batch, i) + bytes(100) for i in range(25)])
+            response = await client.request(
+                cluster.address_of(leader.id), "apply_batch", body, timeout=5
+            )
+            assert response.ok
+        await converge(cluster)
+        for node in cluster.running.values():
+            log = node._running_core().log
+            snapshot_index = node.status().snapshot_index
+            assert snapshot_index >= 10, node.id
+            behind = [log.entry(i) for i in range(log.first_index, snapshot_index + 1)]
+            assert sum(len(entry.data) for entry in behind) <= 3000, node.id
+            assert behind, node.id  # a whole entry fits: one is kept

@@ -142,6 +142,22 @@ class RaftLog:
         del self._entries[: through_index - self._snapshot_index]
         self._snapshot_index = through_index
 
+    def trailing_start(self, index: Index, max_entries: int, max_bytes: int) -> Index:
+        """The lowest index down to which the entries ending at ``index`` stay within both
+        ``max_entries`` and ``max_bytes`` of data (``index + 1`` if none fits).
+
+        Bytes matter as much as entries: one batch entry can hold a thousand commands.
+        """
+        low = index + 1
+        size = 0
+        floor = max(self.first_index, index - max_entries + 1)
+        while low > floor:
+            size += len(self._entries[low - self._snapshot_index - 2].data)
+            if size > max_bytes:
+                break
+            low -= 1
+        return low
+
     def reset(self, snapshot_index: Index, snapshot_term: Term) -> None:
         """Discard the whole log: a snapshot that this log does not contain replaces it."""
         self._entries.clear()

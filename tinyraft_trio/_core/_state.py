@@ -57,6 +57,7 @@ class CoreSettings:
     max_inflight_appends: int = 64
     snapshot_chunk_bytes: int = 1024 * 1024
     trailing_entries: int = 1024
+    trailing_bytes: int = 4 * 1024 * 1024
     pre_vote: bool = True
     check_quorum: bool = True
 
@@ -242,13 +243,18 @@ class RaftCore:
     def on_snapshot_saved(self, meta: SnapshotMeta) -> Index | None:
         """A snapshot of this node's own state machine is durable: compact the log (§7).
 
-        Returns the index through which storage may now drop entries, if any. Keeps
-        ``trailing_entries`` behind the snapshot so slightly lagging followers need no snapshot.
+        Returns the index through which storage may now drop entries, if any. Keeps up to
+        ``trailing_entries`` (and ``trailing_bytes`` of data) behind the snapshot so slightly
+        lagging followers need no snapshot.
         """
         if self.snapshot is not None and meta.index <= self.snapshot.index:
             return None
         self.snapshot = meta
-        through = min(meta.index - self.settings.trailing_entries, self.log.handed_index)
+        settings = self.settings
+        kept_from = self.log.trailing_start(
+            meta.index, settings.trailing_entries, settings.trailing_bytes
+        )
+        through = min(kept_from - 1, self.log.handed_index)
         if through <= self.log.first_index - 1:
             return None
         self.log.compact(through)
