@@ -598,7 +598,11 @@ async def _run(
     await trio.sleep(plan.get("settle", 0.0))
     for point in plan.get("points", []):
         leader = await find_leader(backend, addresses, now() + 10) or leader
-        results["points"].append(await load(backend, leader, point))
+        result = await load(backend, leader, point)
+        # Every node's resident set after the point: it shows a node keeping what it should
+        # have dropped (as the 1 KiB points did before 2709652), which throughput hides.
+        result["node_rss_kb"] = [node_memory(pid)["rss_kb"] for pid in plan["pids"]]
+        results["points"].append(result)
         print(json.dumps(results["points"][-1]), file=sys.stderr, flush=True)
     for point in plan.get("reads", []):
         leader = await find_leader(backend, addresses, now() + 10) or leader

@@ -652,8 +652,9 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
         "",
         "| value | in flight | ours-durable ops/s | ours-memory ops/s | pso-default ops/s | "
         "pso-nobatch ops/s | durable / pso-best | ours-durable p50 / p99 ms | "
-        "pso-best p50 / p99 ms | counts ours-durable | counts pso (both) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "pso-best p50 / p99 ms | largest node RSS after, MiB: ours-durable / pso-best | "
+        "counts ours-durable | counts pso (both) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in SIZES:
         for inflight in INFLIGHT:
@@ -667,10 +668,18 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
                 f"| {_ratio_cell(report, p, best, inflight, size)} "
                 f"| {_latency(p.get('ours-durable'))} "
                 f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
+                f"| {_largest_rss(p.get('ours-durable'))} "
+                f"/ {_largest_rss(p[best] if best else None)} "
                 f"| {_counts([p[c] for c in ('ours-durable',) if c in p])} "
                 f"| {_counts([p[c] for c in ('pso-default', 'pso-nobatch') if c in p])} |"
             )
     return lines
+
+
+def _largest_rss(point: dict[str, Any] | None) -> str:
+    """The largest resident set among the nodes after ``point`` (MiB), if it was sampled."""
+    sizes = [kb for kb in (point or {}).get("node_rss_kb", []) if kb is not None]
+    return _fmt(max(sizes) / 1024, 0) if sizes else "n/a"
 
 
 def _render_reads(report: dict[str, Any]) -> list[str]:
