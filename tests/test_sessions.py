@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinyraft_trio import _sessions
 from tinyraft_trio._client import RaftClient
 from tinyraft_trio._sessions import (
     KEPT_RESULTS,
@@ -35,13 +36,15 @@ class _ModelTable:
                 del self.results[old]
         if sequence in self.results:
             return self.results[sequence]
+        # A client that says what it waits for has all of that kept (up to a larger bound).
+        kept = _sessions.MAX_KEPT_RESULTS if self.first_outstanding else KEPT_RESULTS
         if sequence < self.first_outstanding or (
-            self.results and sequence < min(self.results) and len(self.results) >= KEPT_RESULTS
+            self.results and sequence < min(self.results) and len(self.results) >= kept
         ):
             return "stale"
         self.applied.append(command)
         self.results[sequence] = ("ok", len(self.applied))
-        if len(self.results) > KEPT_RESULTS:
+        if len(self.results) > kept:
             del self.results[min(self.results)]
         return self.results[sequence]
 
@@ -70,6 +73,19 @@ def test_the_table_answers_and_forgets_as_the_model_does(
     results than are kept, and a snapshot restored midway: each answer, and what was applied,
     must be the model's."""
     table, machine, model = SessionTable(timeout_ms=10**9), RecordingStateMachine(), _ModelTable()
+    with pytest.MonkeyPatch.context() as patch:
+        # Small enough for the generated sequences to reach both bounds.
+        patch.setattr(_sessions, "MAX_KEPT_RESULTS", KEPT_RESULTS + 150)
+        _check_against_model(table, machine, model, commands, restore_at)
+
+
+def _check_against_model(
+    table: SessionTable,
+    machine: RecordingStateMachine,
+    model: _ModelTable,
+    commands: list[tuple[int, int]],
+    restore_at: int,
+) -> None:
     for position, (sequence, first_outstanding) in enumerate(commands):
         if position == restore_at:
             restored = SessionTable(timeout_ms=10**9)
@@ -88,6 +104,30 @@ def test_thousands_of_results_are_forgotten_in_order_as_the_client_moves_on() ->
     assert _apply(table, machine, 4000, 4100) == "stale"  # forgotten: below first_outstanding
     assert _apply(table, machine, 4200, 4100) == ("ok", 4200)  # kept: answered, not re-applied
     assert len(machine.commands) == 5000
+
+
+def test_late_commands_of_a_client_with_thousands_in_flight_are_applied_not_refused() -> None:
+    """A client with 3,000 commands in flight, the first 500 of which reach the leader last
+    (sent to a follower first, then redirected): each is applied once, none refused as
+    stale, since the client says it still waits for them. Before, only the newest 1,024
+    results were kept and those 500 failed with StaleSequenceError."""
+    table, machine = SessionTable(timeout_ms=10**9), RecordingStateMachine()
+    arrival = list(range(501, 3001)) + list(range(1, 501))
+    answers = {sequence: _apply(table, machine, sequence, 1) for sequence in arrival}
+    assert "stale" not in answers.values()
+    assert sorted(machine.commands) == sorted(f"cmd-{s}".encode() for s in range(1, 3001))
+    assert _apply(table, machine, 7, 1) == answers[7]  # a retry gets its first answer back
+
+
+def test_a_client_past_the_larger_bound_has_its_late_commands_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_sessions, "MAX_KEPT_RESULTS", 2000)
+    table, machine = SessionTable(timeout_ms=10**9), RecordingStateMachine()
+    for sequence in range(501, 3001):
+        _apply(table, machine, sequence, 1)
+    assert _apply(table, machine, 1, 1) == "stale"  # older than the 2,000 kept: maybe applied
+    assert len(machine.commands) == 2500
 
 
 def test_a_restored_table_forgets_the_oldest_results_first() -> None:

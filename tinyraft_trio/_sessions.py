@@ -23,6 +23,12 @@ from ._wire import bin_header
 KEPT_RESULTS = 1024
 """Results kept per client when it does not say which it still waits for."""
 
+MAX_KEPT_RESULTS = 65536
+"""Results kept per client that says which it still waits for (``first_outstanding``): all
+of those, up to this many. Fewer would refuse as stale the late arrivals of a client with
+more commands in flight (a command redirected from a follower comes after thousands sent
+straight to the leader); a client with more than this in flight may see that happen."""
+
 Outcome = tuple[str, Any]
 """("ok", result) or ("error", [exception type name, message]): what a command produced."""
 
@@ -77,8 +83,9 @@ class SessionTable:
                 session.forget_oldest()
         if sequence in session.results:
             return session.results[sequence], False
+        kept = MAX_KEPT_RESULTS if session.first_outstanding else KEPT_RESULTS
         if sequence < session.first_outstanding or (
-            session.results and sequence < session.order[0] and len(session.results) >= KEPT_RESULTS
+            session.results and sequence < session.order[0] and len(session.results) >= kept
         ):
             raise StaleSequenceError(
                 f"client {client_id!r}: command {sequence} is older than the results kept"
@@ -86,7 +93,7 @@ class SessionTable:
         outcome = _run(state_machine.apply, command)
         session.results[sequence] = outcome
         heapq.heappush(session.order, sequence)
-        if len(session.results) > KEPT_RESULTS:
+        if len(session.results) > kept:
             session.forget_oldest()
         return outcome, True
 
