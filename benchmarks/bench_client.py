@@ -114,6 +114,39 @@ class OursBackend:
         return bool(msgpack.unpackb(response.body).get("role") == "leader")
 
 
+class ConnectBackend:
+    """Writes through ``tinyraft_trio.connect()``: the client a user would take, with a session
+    and a sequence number per command, so each is applied exactly once however often it is
+    retried. Leader discovery, for the harness, goes through ``OursBackend``."""
+
+    def __init__(self, raw: OursBackend, client: Any) -> None:
+        from tinyraft_trio import ClusterUnavailableError, CommandFailedError, OutcomeUnknownError
+
+        self.raw = raw
+        self.client = client
+        self.failed = (CommandFailedError, ClusterUnavailableError)
+        self.unknown = OutcomeUnknownError
+
+    def put_operation(self, address: str, value: str, seconds: float) -> Operation:
+        """``put(i)`` writes key ``k<i>`` with ``apply()``, which finds the leader itself."""
+        apply = self.client.apply
+        failed, unknown = self.failed, self.unknown
+
+        async def put(index: int) -> tuple[str, Any]:
+            command = msgpack.packb(["put", f"k{index}", value])
+            try:
+                return "ok", await apply(command, timeout=seconds)
+            except unknown as exc:
+                return "unacked", str(exc)
+            except failed as exc:
+                return "failed", str(exc)
+
+        return put
+
+    async def is_leader(self, address: str) -> bool:
+        return await self.raw.is_leader(address)
+
+
 def _outcome(body: bytes) -> tuple[str, Any]:
     """A tinyraft_trio node's answer as ``(outcome, detail)``.
 
@@ -579,6 +612,16 @@ async def main(plan: dict[str, Any]) -> dict[str, Any]:
 
             async with open_rpc_client(client_id="bench", cluster_id="tinyraft") as client:
                 results = await _run(OursBackend(client), addresses, pids, plan)
+        elif plan["system"] == "ours-connect":
+            from tinyraft_trio import connect
+            from tinyraft_trio._rpc import open_rpc_client
+
+            async with (
+                open_rpc_client(client_id="bench", cluster_id="tinyraft") as raw,
+                connect(addresses) as client,
+            ):
+                backend = ConnectBackend(OursBackend(raw), client)
+                results = await _run(backend, addresses, pids, plan)
         else:
             results = await _run(PsoBackend(nursery), addresses, pids, plan)
         nursery.cancel_scope.cancel()

@@ -48,7 +48,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CONFIGS = ["ours-durable", "pso-default", "ours-memory", "pso-nobatch"]
+CONFIGS = ["ours-durable", "pso-default", "ours-memory", "pso-nobatch", "ours-connect"]
+WRITES_ONLY = {"ours-connect"}
+"""Configs run for the write points only: ``ours-connect`` is the durable cluster written
+through ``connect()`` (exactly once, with sessions) instead of single requests."""
 SIZES = [16, 1024]
 INFLIGHT = [1, 64, 1000, 8000]
 READ_INFLIGHT = [1, 64, 1000]
@@ -229,7 +232,7 @@ class Cluster:
                     sys.executable, "-m", "tinyraft_trio", "node", "--id", f"n{i + 1}",
                     "--listen", address, *peers, "--log-level", "WARNING",
                 ]  # fmt: skip
-                if self.config == "ours-durable":
+                if self.config in ("ours-durable", "ours-connect"):
                     data_dir = self.workdir / f"n{i + 1}"
                     data_dir.mkdir(parents=True, exist_ok=True)
                     command += ["--data-dir", str(data_dir)]
@@ -272,7 +275,9 @@ class Cluster:
             process.wait()
 
     def run_client(self, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
-        system = "ours" if self.config.startswith("ours") else "pso"
+        system = "pso"
+        if self.config.startswith("ours"):
+            system = "ours-connect" if self.config == "ours-connect" else "ours"
         plan = dict(plan, system=system, addresses=self.addresses, client_gc=CLIENT_GC,
                     pids=[p.pid for p in self.processes],
                     data_dirs=[str(d) for d in self.data_dirs])  # fmt: skip
@@ -387,11 +392,15 @@ def main() -> int:
             disk.append(disk_sync_latency(workroot))
             for config in configs:
                 print(f"[{time.time() - started_wall:6.1f}s] {config}: load", flush=True)
-                result = run_config(config, load_plan, workroot, timeout=300)
+                plan = load_plan
+                if config in WRITES_ONLY:
+                    plan = {"points": load_plan["points"], "settle": load_plan["settle"]}
+                result = run_config(config, plan, workroot, timeout=300)
                 runs[config]["load"].append(result)
-                runs[config]["graceful"].append(result.get("failover"))
+                if config not in WRITES_ONLY:
+                    runs[config]["graceful"].append(result.get("failover"))
         for _ in range(failover_rounds):
-            for config in configs:
+            for config in [c for c in configs if c not in WRITES_ONLY]:
                 print(f"[{time.time() - started_wall:6.1f}s] {config}: SIGKILL", flush=True)
                 result = run_config(config, {"points": [], "settle": 0.3,
                                              "failover": _failover_plan("SIGKILL")},
@@ -400,14 +409,14 @@ def main() -> int:
             if args.quick:
                 break
         for _ in range(min(2, failover_rounds - 1)):  # and one graceful stop per load round
-            for config in configs:
+            for config in [c for c in configs if c not in WRITES_ONLY]:
                 print(f"[{time.time() - started_wall:6.1f}s] {config}: SIGTERM", flush=True)
                 result = run_config(config, {"points": [], "settle": 0.3,
                                              "failover": _failover_plan("SIGTERM")},
                                     workroot, timeout=60)  # fmt: skip
                 runs[config]["graceful"].append(result.get("failover") or result)
         for config in configs if memory_commands > 0 else []:
-            if config in MEMORY_SKIPPED:
+            if config in MEMORY_SKIPPED or config in WRITES_ONLY:
                 continue
             print(f"[{time.time() - started_wall:6.1f}s] {config}: memory", flush=True)
             result = run_config(config, _memory_plan(memory_commands), workroot,
@@ -579,7 +588,8 @@ def _median_unavailable(items: list[Any]) -> tuple[float | None, str]:
 def render(report: dict[str, Any]) -> str:
     """The Markdown report: a header, then a section per workload that was run."""
     lines = _render_header(report)
-    for section in (_render_writes, _render_reads, _render_leader_loss, _render_memory):
+    sections = (_render_writes, _render_connect, _render_reads, _render_leader_loss, _render_memory)
+    for section in sections:
         lines += section(report)
     lines += _render_errors(report)
     return "\n".join(lines) + "\n"
@@ -680,6 +690,40 @@ def _largest_rss(point: dict[str, Any] | None) -> str:
     """The largest resident set among the nodes after ``point`` (MiB), if it was sampled."""
     sizes = [kb for kb in (point or {}).get("node_rss_kb", []) if kb is not None]
     return _fmt(max(sizes) / 1024, 0) if sizes else "n/a"
+
+
+def _render_connect(report: dict[str, Any]) -> list[str]:
+    if not any(_point(report, "ours-connect", k, s) for k in INFLIGHT for s in SIZES):
+        return []
+    lines = [
+        "",
+        "## Writes through `connect()` (exactly once)",
+        "",
+        "ours-connect: the durable cluster written through `tinyraft_trio.connect()`, the client "
+        "a user would take: each command carries the client's session and a sequence number, so "
+        "it is applied once however often it is retried (PySyncObj has no such thing). The "
+        "harness is the same; the writes table's ours-durable sends single `apply` requests.",
+        "",
+        "| value | in flight | ours-connect ops/s | / ours-durable | / pso-best | "
+        "ours-connect p50 / p99 ms | counts ours-connect |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size in SIZES:
+        for inflight in INFLIGHT:
+            p = _points(report, inflight, size)
+            point = p.get("ours-connect")
+            if point is None:
+                continue
+            raw = p.get("ours-durable")
+            best = _pso_best(p, inflight)
+            lines.append(
+                f"| {size} B | {inflight}{' (sequential)' if inflight == 1 else ''} "
+                f"| {_fmt(point['throughput'], 0)} "
+                f"| {_ratio(point['throughput'], raw['throughput'] if raw else None)} "
+                f"| {_ratio(point['throughput'], p[best]['throughput'] if best else None)} "
+                f"| {_latency(point)} | {_counts([point])} |"
+            )
+    return lines
 
 
 def _render_reads(report: dict[str, Any]) -> list[str]:
