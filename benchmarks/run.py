@@ -672,7 +672,7 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
             tp = {c: p[c]["throughput"] if c in p else None for c in CONFIGS}
             best = _pso_best(p, inflight)
             lines.append(
-                f"| {size} B | {inflight}{' (sequential)' if inflight == 1 else ''} "
+                f"| {_write_point(size, inflight)} "
                 f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
                 f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
                 f"| {_ratio_cell(report, p, best, inflight, size)} "
@@ -684,6 +684,11 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
                 f"| {_counts([p[c] for c in ('pso-default', 'pso-nobatch') if c in p])} |"
             )
     return lines
+
+
+def _write_point(size: int, inflight: int) -> str:
+    """The first two cells of a write point's row: the value's size and the writes in flight."""
+    return f"{size} B | {inflight}{' (sequential)' if inflight == 1 else ''}"
 
 
 def _largest_rss(point: dict[str, Any] | None) -> str:
@@ -717,7 +722,7 @@ def _render_connect(report: dict[str, Any]) -> list[str]:
             raw = p.get("ours-durable")
             best = _pso_best(p, inflight)
             lines.append(
-                f"| {size} B | {inflight}{' (sequential)' if inflight == 1 else ''} "
+                f"| {_write_point(size, inflight)} "
                 f"| {_fmt(point['throughput'], 0)} "
                 f"| {_ratio(point['throughput'], raw['throughput'] if raw else None)} "
                 f"| {_ratio(point['throughput'], p[best]['throughput'] if best else None)} "
