@@ -3,7 +3,8 @@
 A command's answer is a msgpack array: ``["ok", result]``, ``["error", type, message]`` (the
 state machine raised: applied), ``["not_leader", leader_id, address]`` and ``["failed",
 reason]`` (certainly not applied), or ``["unknown", reason]`` (may or may not be applied).
-The response's ``ok`` is true for the first two: the command ran.
+The response's ``ok`` is true for the first two: the command ran. A follower that forwarded
+the command adds the leader's address to an ``ok``: ``["ok", result, address]``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "session_entry_data",
     "submit_answer",
     "submit_outcome",
+    "with_leader_hint",
 ]
 
 
@@ -254,6 +256,47 @@ def respond(request: Request, pair: tuple[bool, bytes]) -> Response:
     """The response to ``request`` carrying an answer's ``(ok, body)``."""
     ok, body = pair
     return Response(request_id=request.request_id, ok=ok, body=body)
+
+
+_HINTED_METHODS = frozenset({"apply", "submit"})
+_HINTED_BATCH_METHODS = frozenset({"apply_batch", "submit_batch"})
+_OK_PAIR_HEAD = b"\x92" + msgpack.packb("ok")
+"""How an ``["ok", result]`` answer starts: a two-item array's header (fixarray), then "ok"."""
+
+
+def with_leader_hint(method: str, body: bytes, leader_address: str) -> bytes:
+    """The body of the leader's ``ok`` answer to a request this follower forwarded, with the
+    leader's address after each command's ``["ok", result]``.
+
+    A client that reads it (``connect()``) then writes to the leader itself, where it would
+    otherwise, having had its answer from this node, keep going through it: a second hop
+    for every command. The result's bytes are kept as the leader sent them; a body that is
+    not what this expects goes back as it came.
+    """
+    hint = msgpack.packb(leader_address)
+    if method in _HINTED_METHODS:
+        return _hinted(body, hint)
+    if method not in _HINTED_BATCH_METHODS:
+        return body
+    try:
+        answer = msgpack.unpackb(body)
+    except Exception:
+        return body
+    if type(answer) is not list or len(answer) != 2:
+        return body
+    oks, bodies = answer
+    if type(oks) is not list or type(bodies) is not list or len(oks) != len(bodies):
+        return body
+    if any(type(item) is not bytes for item in bodies):
+        return body
+    return encode_batch_answer(oks, [_hinted(item, hint) for item in bodies])
+
+
+def _hinted(body: bytes, hint: bytes) -> bytes:
+    if not body.startswith(_OK_PAIR_HEAD):
+        return body
+    # The array's header byte says three items now; the result stays byte for byte.
+    return b"\x93" + body[1:] + hint
 
 
 def answer_pair(value: list[object]) -> tuple[bool, bytes]:

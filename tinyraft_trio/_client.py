@@ -476,7 +476,9 @@ class RaftClient:
             else:
                 kind = answer[0]
                 if kind == "ok" and len(answer) >= 2:
-                    self._leader_address = address
+                    # A follower that forwarded the command names the leader after the result.
+                    hint = answer[2] if len(answer) > 2 else None
+                    self._leader_address = hint if isinstance(hint, str) and hint else address
                     return answer[1]
                 if kind == "error" and len(answer) >= 3:
                     self._leader_address = address

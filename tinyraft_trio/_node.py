@@ -47,6 +47,7 @@ from ._answers import (
     session_entry_data,
     submit_answer,
     submit_outcome,
+    with_leader_hint,
 )
 from ._batching import (
     SINGLE_METHOD_OF,
@@ -1255,7 +1256,8 @@ class RaftNode:
         The answer's body is msgpack: ``["ok", result]``, ``["error", type, message]`` (the
         state machine raised), ``["not_leader", leader_id, address]`` (certainly not applied),
         ``["unknown", reason]`` (the outcome is unknown) or ``["failed", reason]`` (certainly
-        not applied).
+        not applied). A follower that forwarded the command adds the leader's address to an
+        ``ok``: ``["ok", result, address]``, so a client can go there next time.
         """
         core = self._running_core()
         if core.role is not Role.LEADER:
@@ -1487,7 +1489,10 @@ class RaftNode:
             )
         except TransportError as exc:
             return answer(request, ["unknown", f"forwarding to the leader failed: {exc}"])
-        return Response(request_id=request.request_id, ok=response.ok, body=response.body)
+        body = response.body
+        if response.ok:
+            body = with_leader_hint(request.method, body, leader_address)
+        return Response(request_id=request.request_id, ok=response.ok, body=body)
 
     @property
     def _forward_timeout(self) -> float:

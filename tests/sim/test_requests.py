@@ -24,8 +24,10 @@ async def test_any_node_applies_a_command_by_forwarding_to_the_leader(
                 cluster.address_of(node_id), "apply", f"via {node_id}".encode(), timeout=5
             )
             assert response.ok
-            kind, position = msgpack.unpackb(response.body)
+            kind, position, *hint = msgpack.unpackb(response.body)
             assert kind == "ok"
+            # A follower that forwarded it names the leader, so a client can go there next.
+            assert hint == ([] if node_id == leader.id else [cluster.address_of(leader.id)])
             positions.append(position)
         assert positions == [1, 2, 3]
         await cluster.wait_applied(leader.status().commit_index)
@@ -134,7 +136,8 @@ async def test_a_batch_is_carried_out_command_by_command_in_order(autojump_clock
         response = await client.request(
             cluster.address_of(follower), "apply_batch", second, timeout=5
         )
-        assert batch_answers(response) == [["ok", 4], ["ok", 5]]
+        hint = cluster.address_of(leader.id)
+        assert batch_answers(response) == [["ok", 4, hint], ["ok", 5, hint]]
         await cluster.wait_applied(leader.status().commit_index)
         for machine in cluster.state_machines.values():
             assert machine.commands == [b"a", b"b", b"c", b"d", b"e"]  # type: ignore[attr-defined]
