@@ -16,7 +16,7 @@ from typing import Any, cast
 import msgpack
 import trio
 
-from ._batching import encode_batch_answer
+from ._batching import BATCH_METHOD_OF, decode_batch_answer, encode_batch_answer
 from ._core._types import Term
 from ._exceptions import LeadershipLostError, NodeClosedError
 from ._rpc import Request, Response
@@ -259,7 +259,7 @@ def respond(request: Request, pair: tuple[bool, bytes]) -> Response:
 
 
 _HINTED_METHODS = frozenset({"apply", "submit"})
-_HINTED_BATCH_METHODS = frozenset({"apply_batch", "submit_batch"})
+_HINTED_BATCH_METHODS = frozenset(BATCH_METHOD_OF[method] for method in _HINTED_METHODS)
 _OK_PAIR_HEAD = b"\x92" + msgpack.packb("ok")
 """How an ``["ok", result]`` answer starts: a two-item array's header (fixarray), then "ok"."""
 
@@ -273,22 +273,15 @@ def with_leader_hint(method: str, body: bytes, leader_address: str) -> bytes:
     for every command. The result's bytes are kept as the leader sent them; a body that is
     not what this expects goes back as it came.
     """
-    hint = msgpack.packb(leader_address)
     if method in _HINTED_METHODS:
-        return _hinted(body, hint)
+        return _hinted(body, msgpack.packb(leader_address))
     if method not in _HINTED_BATCH_METHODS:
         return body
-    try:
-        answer = msgpack.unpackb(body)
-    except Exception:
+    answers = decode_batch_answer(body)
+    if answers is None:
         return body
-    if type(answer) is not list or len(answer) != 2:
-        return body
-    oks, bodies = answer
-    if type(oks) is not list or type(bodies) is not list or len(oks) != len(bodies):
-        return body
-    if any(type(item) is not bytes for item in bodies):
-        return body
+    oks, bodies = answers
+    hint = msgpack.packb(leader_address)
     return encode_batch_answer(oks, [_hinted(item, hint) for item in bodies])
 
 

@@ -73,9 +73,11 @@ def encode_batch_answer(oks: list[bool], bodies: list[bytes]) -> bytes:
     return body
 
 
-def decode_batch_answer(body: bytes, count: int) -> tuple[list[bool], list[bytes]] | None:
-    """The ``oks`` and ``bodies`` of the ``count`` answers in an ``ok=True`` batch answer,
-    or None if it is malformed."""
+def decode_batch_answer(
+    body: bytes, count: int | None = None
+) -> tuple[list[bool], list[bytes]] | None:
+    """The ``oks`` and ``bodies`` of the answers (``count`` of them, if given) in an
+    ``ok=True`` batch answer, or None if it is malformed."""
     try:
         answer = msgpack.unpackb(body)
     except Exception:
@@ -83,6 +85,8 @@ def decode_batch_answer(body: bytes, count: int) -> tuple[list[bool], list[bytes
     if type(answer) is not list or len(answer) != 2:
         return None
     oks, bodies = answer
+    if count is None and type(oks) is list:
+        count = len(oks)
     if (
         type(oks) is not list
         or type(bodies) is not list

@@ -114,8 +114,7 @@ async def test_the_leader_answers_commands_without_a_task_and_says_unknown_when_
 def batch_answers(response: Response) -> list[list[object]]:
     """A batch answer's per-command answers, each decoded."""
     assert response.ok, response.body
-    _, bodies = msgpack.unpackb(response.body)
-    answers = decode_batch_answer(response.body, len(bodies))
+    answers = decode_batch_answer(response.body)
     assert answers is not None
     return [msgpack.unpackb(body) for body in answers[1]]
 
