@@ -97,6 +97,49 @@ def _check_against_model(
     assert machine.commands == model.applied
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcde"), st.integers(0, 400)),  # (client, time step in ms)
+        max_size=120,
+    ),
+    st.integers(0, 120),
+)
+def test_sessions_expire_exactly_when_idle_past_the_timeout(
+    commands: list[tuple[str, int]], restore_at: int
+) -> None:
+    """Five clients whose commands come at uneven log times (a timeout of 1,000 ms, steps of
+    up to 400): after each command, the sessions kept must be exactly those seen within the
+    timeout, as a pass over all of them finds, with a snapshot restored midway. The table
+    skips that pass while nothing can have expired; this fails if it skips one it needed."""
+    table, machine = SessionTable(timeout_ms=1000), RecordingStateMachine()
+    last_seen: dict[str, int] = {}
+    clock = 0
+    for position, (client, step) in enumerate(commands):
+        if position == restore_at:
+            restored = SessionTable(timeout_ms=1000)
+            restored.restore(msgpack.unpackb(msgpack.packb(table.snapshot())))
+            table = restored
+        clock += step
+        last_seen = {c: seen for c, seen in last_seen.items() if seen >= clock - 1000}
+        _, ran = table.apply(encode_command(client, 1, 0, clock, b"x"), machine)
+        assert ran is (client not in last_seen)  # a forgotten session runs its command again
+        last_seen[client] = clock
+        assert sorted(row[0] for row in table.snapshot()[1]) == sorted(last_seen)
+
+
+def test_a_result_that_cannot_be_sent_is_an_error_on_every_node() -> None:
+    class Unsendable(RecordingStateMachine):
+        def apply(self, command: bytes) -> object:
+            super().apply(command)
+            return object() if command == b"bad" else None
+
+    table, machine = SessionTable(timeout_ms=1000), Unsendable()
+    outcome, _ = table.apply(encode_command("c", 1, 0, 0, b"bad"), machine)
+    assert outcome == ("error", ["TypeError", "the result cannot be sent: not msgpack-encodable"])
+    assert table.apply(encode_command("c", 2, 0, 0, b"good"), machine)[0] == ("ok", None)
+
+
 def test_thousands_of_results_are_forgotten_in_order_as_the_client_moves_on() -> None:
     table, machine = SessionTable(timeout_ms=10**9), RecordingStateMachine()
     for sequence in range(1, 5001):

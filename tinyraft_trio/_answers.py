@@ -21,6 +21,7 @@ from ._core._types import Term
 from ._exceptions import LeadershipLostError, NodeClosedError
 from ._rpc import Request, Response
 from ._sessions import encode_command
+from ._wire import packb
 
 __all__ = [
     "BatchEntryReply",
@@ -294,8 +295,7 @@ def _hinted(body: bytes, hint: bytes) -> bytes:
 
 def answer_pair(value: list[object]) -> tuple[bool, bytes]:
     """An answer's ``(ok, body)``: ok for a command that ran ("ok", "error"), not otherwise."""
-    body: bytes = msgpack.packb(value)
-    return value[0] in ("ok", "error"), body
+    return value[0] in ("ok", "error"), packb(value)
 
 
 _OK_NONE = answer_pair(["ok", None])

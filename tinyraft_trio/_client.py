@@ -36,6 +36,7 @@ from ._exceptions import (
     RaftError,
 )
 from ._rpc import DEFAULT_MAX_FRAME_BYTES, Response, TransportError, open_rpc_client
+from ._wire import packb
 
 __all__ = ["ClusterMemberStatus", "ClusterNodeStatus", "RaftClient", "connect"]
 
@@ -317,9 +318,7 @@ class RaftClient:
         try:
             # The lowest sequence still waiting lets the cluster forget older results.
             first_outstanding = self._first_outstanding()
-            body: bytes = msgpack.packb(
-                [self.client_id, sequence, command, first_outstanding], use_bin_type=True
-            )
+            body = packb([self.client_id, sequence, command, first_outstanding])
             return await self._run(attempts, "submit", body)
         finally:
             self._outstanding.discard(sequence)

@@ -11,6 +11,7 @@ written into each entry, so every node agrees), are forgotten.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import msgpack
 
 from ._state_machine import StateMachine
-from ._wire import bin_header
+from ._wire import bin_header, packb
 
 KEPT_RESULTS = 1024
 """Results kept per client when it does not say which it still waits for."""
@@ -55,8 +56,7 @@ def encode_command(
     client_id: str, sequence: int, first_outstanding: int, time_ms: int, command: bytes
 ) -> bytes:
     """The data of a session entry in the log."""
-    data: bytes = msgpack.packb([client_id, sequence, first_outstanding, time_ms, command])
-    return data
+    return packb([client_id, sequence, first_outstanding, time_ms, command])
 
 
 class SessionTable:
@@ -67,6 +67,9 @@ class SessionTable:
         self._sessions: dict[str, _Session] = {}
         self._clock_ms = 0
         """Log time: the latest leader time seen in an applied entry."""
+        self._seen_bound_ms: float = math.inf
+        """Invariant: at most every session's ``last_seen_ms``. Until the expiry horizon
+        passes it, no session can have expired, and ``_expire`` need not look."""
 
     def apply(self, data: bytes, state_machine: StateMachine) -> tuple[Outcome, bool]:
         """Apply a session entry; return (its outcome, whether the command ran just now)."""
@@ -76,6 +79,7 @@ class SessionTable:
         session = self._sessions.get(client_id)
         if session is None:
             session = self._sessions[client_id] = _Session(last_seen_ms=self._clock_ms)
+            self._seen_bound_ms = min(self._seen_bound_ms, self._clock_ms)
         session.last_seen_ms = self._clock_ms
         if first_outstanding:
             session.first_outstanding = max(session.first_outstanding, first_outstanding)
@@ -99,8 +103,16 @@ class SessionTable:
 
     def _expire(self) -> None:
         horizon = self._clock_ms - self._timeout_ms
+        if horizon <= self._seen_bound_ms:
+            return  # about once per timeout a pass over the sessions, not once per command
         for client_id in [c for c, s in self._sessions.items() if s.last_seen_ms < horizon]:
             del self._sessions[client_id]
+        self._bound_seen()
+
+    def _bound_seen(self) -> None:
+        self._seen_bound_ms = min(
+            (s.last_seen_ms for s in self._sessions.values()), default=math.inf
+        )
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -131,6 +143,7 @@ class SessionTable:
             )
             for client_id, last_seen, first_outstanding, results in sessions
         }
+        self._bound_seen()
 
 
 def _run(apply: Callable[[bytes], object], command: bytes) -> Outcome:
@@ -138,8 +151,10 @@ def _run(apply: Callable[[bytes], object], command: bytes) -> Outcome:
         result = apply(command)
     except Exception as exc:
         return ("error", [type(exc).__name__, str(exc)])
+    if result is None:
+        return ("ok", None)  # many commands answer nothing: no need to try packing it
     try:
-        msgpack.packb(result)
+        packb(result)
     except (TypeError, ValueError, OverflowError):
         return ("error", ["TypeError", "the result cannot be sent: not msgpack-encodable"])
     return ("ok", result)
