@@ -137,9 +137,6 @@ class _Attempts:
     def remaining(self) -> float:
         return self.deadline - trio.current_time()
 
-    def request_timeout(self) -> float:
-        return min(self.remaining(), self.attempt_timeout)
-
     def refused(self, address: str, reason: str) -> None:
         """This attempt was certainly not carried out."""
         self.last_reason = f"{address}: {reason}"
@@ -454,12 +451,13 @@ class RaftClient:
     ) -> object:
         """Send until a definite answer; ``failed`` turns a "failed" answer into that error."""
         while True:
-            if attempts.remaining() <= 0:
+            remaining = attempts.remaining()
+            if remaining <= 0:
                 raise attempts.give_up()
             address = attempts.address()
             try:
                 response = await self._rpc.request(
-                    address, method, body, timeout=attempts.request_timeout()
+                    address, method, body, timeout=min(remaining, attempts.attempt_timeout)
                 )
                 answer = _decode_answer(response)
             except TransportError as exc:
