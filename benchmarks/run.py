@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -666,24 +667,29 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
         "counts ours-durable | counts pso (both) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for size, inflight, p in _write_points(report):
+        tp = {c: p[c]["throughput"] if c in p else None for c in CONFIGS}
+        best = _pso_best(p, inflight)
+        lines.append(
+            f"| {_write_point(size, inflight)} "
+            f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
+            f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
+            f"| {_ratio_cell(report, p, best, inflight, size)} "
+            f"| {_latency(p.get('ours-durable'))} "
+            f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
+            f"| {_largest_rss(p.get('ours-durable'))} "
+            f"/ {_largest_rss(p[best] if best else None)} "
+            f"| {_counts([p[c] for c in ('ours-durable',) if c in p])} "
+            f"| {_counts([p[c] for c in ('pso-default', 'pso-nobatch') if c in p])} |"
+        )
+    return lines
+
+
+def _write_points(report: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """Each write point's value size, writes in flight and results by config, in table order."""
     for size in SIZES:
         for inflight in INFLIGHT:
-            p = _points(report, inflight, size)
-            tp = {c: p[c]["throughput"] if c in p else None for c in CONFIGS}
-            best = _pso_best(p, inflight)
-            lines.append(
-                f"| {_write_point(size, inflight)} "
-                f"| {_fmt(tp['ours-durable'], 0)} | {_fmt(tp['ours-memory'], 0)} "
-                f"| {_fmt(tp['pso-default'], 0)} | {_fmt(tp['pso-nobatch'], 0)} "
-                f"| {_ratio_cell(report, p, best, inflight, size)} "
-                f"| {_latency(p.get('ours-durable'))} "
-                f"| {_latency(p[best] if best else None)} ({best or 'n/a'}) "
-                f"| {_largest_rss(p.get('ours-durable'))} "
-                f"/ {_largest_rss(p[best] if best else None)} "
-                f"| {_counts([p[c] for c in ('ours-durable',) if c in p])} "
-                f"| {_counts([p[c] for c in ('pso-default', 'pso-nobatch') if c in p])} |"
-            )
-    return lines
+            yield size, inflight, _points(report, inflight, size)
 
 
 def _write_point(size: int, inflight: int) -> str:
@@ -713,21 +719,19 @@ def _render_connect(report: dict[str, Any]) -> list[str]:
         "ours-connect p50 / p99 ms | counts ours-connect |",
         "|---|---|---|---|---|---|---|",
     ]
-    for size in SIZES:
-        for inflight in INFLIGHT:
-            p = _points(report, inflight, size)
-            point = p.get("ours-connect")
-            if point is None:
-                continue
-            raw = p.get("ours-durable")
-            best = _pso_best(p, inflight)
-            lines.append(
-                f"| {_write_point(size, inflight)} "
-                f"| {_fmt(point['throughput'], 0)} "
-                f"| {_ratio(point['throughput'], raw['throughput'] if raw else None)} "
-                f"| {_ratio(point['throughput'], p[best]['throughput'] if best else None)} "
-                f"| {_latency(point)} | {_counts([point])} |"
-            )
+    for size, inflight, p in _write_points(report):
+        point = p.get("ours-connect")
+        if point is None:
+            continue
+        raw = p.get("ours-durable")
+        best = _pso_best(p, inflight)
+        lines.append(
+            f"| {_write_point(size, inflight)} "
+            f"| {_fmt(point['throughput'], 0)} "
+            f"| {_ratio(point['throughput'], raw['throughput'] if raw else None)} "
+            f"| {_ratio(point['throughput'], p[best]['throughput'] if best else None)} "
+            f"| {_latency(point)} | {_counts([point])} |"
+        )
     return lines
 
 

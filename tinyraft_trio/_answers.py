@@ -274,15 +274,15 @@ def with_leader_hint(method: str, body: bytes, leader_address: str) -> bytes:
     for every command. The result's bytes are kept as the leader sent them; a body that is
     not what this expects goes back as it came.
     """
+    hint = packb(leader_address)
     if method in _HINTED_METHODS:
-        return _hinted(body, msgpack.packb(leader_address))
+        return _hinted(body, hint)
     if method not in _HINTED_BATCH_METHODS:
         return body
     answers = decode_batch_answer(body)
     if answers is None:
         return body
     oks, bodies = answers
-    hint = msgpack.packb(leader_address)
     return encode_batch_answer(oks, [_hinted(item, hint) for item in bodies])
 
 

@@ -83,9 +83,8 @@ class SessionTable:
         session.last_seen_ms = self._clock_ms
         if first_outstanding:
             session.first_outstanding = max(session.first_outstanding, first_outstanding)
-            order, results, first = session.order, session.results, session.first_outstanding
-            while order and order[0] < first:
-                del results[heapq.heappop(order)]  # forget_oldest, without a call per result
+            while session.order and session.order[0] < session.first_outstanding:
+                session.forget_oldest()
         if sequence in session.results:
             return session.results[sequence], False
         kept = MAX_KEPT_RESULTS if session.first_outstanding else KEPT_RESULTS
