@@ -110,6 +110,29 @@ def disk_sync_latency(directory: Path, samples: int = 300) -> dict[str, float]:
     }
 
 
+def relay_floor(directory: Path, seconds: float) -> dict[str, Any] | None:
+    """What a sequential write's hops cost on this machine now, with nothing of Raft in them
+    (``relay_floor.py``), durable and in memory; None if the relay failed.
+
+    Measured in each round beside the disk probe: both move with the host from one hour to
+    the next, and the sequential latency targets are judged against them.
+    """
+    try:
+        completed = subprocess.run(
+            [sys.executable, str(HERE / "relay_floor.py"), "--seconds", str(seconds),
+             "--dir", str(directory)],
+            capture_output=True, text=True, timeout=60 + 4 * seconds,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        print(f"relay floor failed: {completed.stderr[-500:]}", flush=True)
+        return None
+    found: dict[str, Any] = json.loads(lines[-1])
+    return found
+
+
 def _busy_seconds() -> float | None:
     """All CPUs' busy time so far (from /proc/stat), in seconds."""
     try:
@@ -388,9 +411,12 @@ def main() -> int:
         c: {"load": [], "failover": [], "graceful": [], "memory": []} for c in configs
     }
     disk: list[dict[str, float]] = []
+    floor: list[dict[str, Any] | None] = []
     try:
         for _ in range(rounds):
             disk.append(disk_sync_latency(workroot))
+            print(f"[{time.time() - started_wall:6.1f}s] relay floor", flush=True)
+            floor.append(relay_floor(workroot, 0.5 if args.quick else duration))
             for config in configs:
                 print(f"[{time.time() - started_wall:6.1f}s] {config}: load", flush=True)
                 plan = load_plan
@@ -453,6 +479,7 @@ def main() -> int:
             "loadavg_after": load1,
         },
         "disk_sync": disk,
+        "relay_floor": floor,
         "runs": runs,
     }
     markdown = render(report)
@@ -613,6 +640,22 @@ def _render_header(report: dict[str, Any]) -> list[str]:
             "took p50 / p99 "
             + ", ".join(f"{d['p50_us']:.0f} / {d['p99_us']:.0f} µs" for d in report["disk_sync"])
             + " at the start of each round and at the end: durable writes wait on it."
+        )
+    floors = [f for f in report.get("relay_floor") or [] if f]
+    if floors:
+        disk_lines.append(
+            "Floor: a bare relay of a sequential write's hops (`relay_floor.py`: client → "
+            "leader → both followers → leader → client, four processes, Trio and msgpack, each "
+            "append an `fdatasync` on the event loop, no Raft) took p50 / p99 "
+            + ", ".join(
+                f"{f['durable']['p50_ms']:.2f} / {f['durable']['p99_ms']:.2f} ms" for f in floors
+            )
+            + " durable and "
+            + ", ".join(
+                f"{f['memory']['p50_ms']:.2f} / {f['memory']['p99_ms']:.2f} ms" for f in floors
+            )
+            + " in memory, in each round: what a sequential write's hops cost here with nothing of "
+            "Raft in them."
         )
     return [
         f"# tinyraft_trio vs PySyncObj — {report['date']}{' (--quick)' if report['quick'] else ''}",
