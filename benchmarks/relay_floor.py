@@ -67,13 +67,13 @@ def _frame(message: Any) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def _appender(mode: str, path: str) -> Any:
+def _appender(path: str) -> Any:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     sync = getattr(os, "fdatasync", os.fsync)
 
-    def append(data: bytes) -> None:
+    def append(data: bytes, durable: bool) -> None:
         os.write(fd, data)
-        if mode == "durable":
+        if durable:
             sync(fd)
 
     return append
@@ -100,33 +100,34 @@ async def _connect(port: int) -> trio.socket.SocketType:
     return sock
 
 
-async def follower(mode: str, path: str) -> None:
-    append = _appender(mode, path)
+async def follower(path: str) -> None:
+    append = _appender(path)
     sock = await _accept(await _listen())
     frames = _Frames(sock)
     try:
         while True:
-            index, command = await frames.next()
-            append(command)
+            index, durable, command = await frames.next()
+            append(command, durable)
             os.write(sock.fileno(), _frame([index, True]))
     except EOFError:
         return  # the leader is gone: the measurement is over
 
 
-async def leader(mode: str, path: str, follower_ports: list[int]) -> None:
-    append = _appender(mode, path)
+async def leader(path: str, follower_ports: list[int]) -> None:
+    append = _appender(path)
     followers = [await _connect(port) for port in follower_ports]
     client = await _accept(await _listen())
-    answered: set[int] = set()
-    waiting: dict[int, trio.Event] = {}
+    highest_answered = 0
+    answer_came = trio.Event()
 
     async def read_answers(sock: trio.socket.SocketType) -> None:
+        nonlocal highest_answered
         frames = _Frames(sock)
         while True:
             index, _ = await frames.next()
-            answered.add(index)
-            if index in waiting:
-                waiting[index].set()
+            if index > highest_answered:
+                highest_answered = index
+                answer_came.set()
 
     async with trio.open_nursery() as nursery:
         for sock in followers:
@@ -135,67 +136,72 @@ async def leader(mode: str, path: str, follower_ports: list[int]) -> None:
         index = 0
         while True:
             try:
-                command = await requests.next()
+                durable, command = await requests.next()
             except EOFError:
                 nursery.cancel_scope.cancel()  # the client is done
                 return
             index += 1
-            message = _frame([index, command])
+            message = _frame([index, durable, command])
             for sock in followers:
                 os.write(sock.fileno(), message)
-            append(command)
-            if index not in answered:
-                waiting[index] = trio.Event()
-                await waiting[index].wait()
-                del waiting[index]
-            answered.discard(index)
+            append(command, durable)
+            while highest_answered < index:  # one follower's answer, besides our append
+                answer_came = trio.Event()
+                await answer_came.wait()
             os.write(client.fileno(), _frame([index, None]))
 
 
-async def client(port: int, seconds: float) -> dict[str, float]:
+async def client(port: int, seconds: float) -> dict[str, dict[str, float]]:
+    """Write sequentially for ``seconds`` (after a warm-up) in each mode, durable first."""
     sock = await _connect(port)
     answers = _Frames(sock)
-    took: list[float] = []
-    warm_until = time.monotonic() + min(1.0, seconds / 3)
-    end = warm_until + seconds
+    found = {}
     number = 0
-    while time.monotonic() < end:
-        started = time.perf_counter()
-        os.write(sock.fileno(), _frame(msgpack.packb(["put", f"k{number}", "v" * 16])))
-        await answers.next()
-        if time.monotonic() >= warm_until:
-            took.append(time.perf_counter() - started)
-        number += 1
-    took.sort()
-    return {
-        "p50_ms": took[len(took) // 2] * 1e3,
-        "p99_ms": took[int(len(took) * 0.99)] * 1e3,
-        "writes_per_s": len(took) / seconds,
-    }
+    for mode in MODES:
+        took: list[float] = []
+        warm_until = time.monotonic() + min(1.0, seconds / 3)
+        end = warm_until + seconds
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            command = msgpack.packb(["put", f"k{number}", "v" * 16])
+            os.write(sock.fileno(), _frame([mode == "durable", command]))
+            await answers.next()
+            if time.monotonic() >= warm_until:
+                took.append(time.perf_counter() - started)
+            number += 1
+        took.sort()
+        found[mode] = {
+            "p50_ms": took[len(took) // 2] * 1e3,
+            "p99_ms": took[int(len(took) * 0.99)] * 1e3,
+            "writes_per_s": len(took) / seconds,
+        }
+    return found
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
+def _start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
+
+
+def _port(process: subprocess.Popen[bytes]) -> int:
+    """The port the relay listens on, once it does."""
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line:
         process.wait()
-        raise RuntimeError(f"relay {args[0]} did not start")
-    return process, int(line)
+        raise RuntimeError(f"a relay exited with status {process.returncode} before listening")
+    return int(line)
 
 
-def measure(mode: str, seconds: float, directory: Path) -> dict[str, float]:
-    """Start the three relays, write sequentially for ``seconds``, stop them (by PID)."""
+def measure(seconds: float, directory: Path) -> dict[str, dict[str, float]]:
+    """Start the three relays, write sequentially for ``seconds`` in each mode, stop them
+    (by PID)."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        ports = []
-        for name in ("follower-1", "follower-2"):
-            process, port = _start(["follower", mode, str(directory / name)])
-            processes.append(process)
-            ports.append(port)
-        process, port = _start(["leader", mode, str(directory / "leader"), *map(str, ports)])
-        processes.append(process)
-        return trio.run(client, port, seconds)
+        for name in ("follower-1", "follower-2"):  # started together: they start slowly
+            processes.append(_start(["follower", str(directory / name)]))
+        ports = [_port(process) for process in processes]
+        processes.append(_start(["leader", str(directory / "leader"), *map(str, ports)]))
+        return trio.run(client, _port(processes[-1]), seconds)
     finally:
         for process in reversed(processes):  # the leader first: followers then see it go
             process.kill()
@@ -204,17 +210,17 @@ def measure(mode: str, seconds: float, directory: Path) -> dict[str, float]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "follower":
-        trio.run(follower, sys.argv[2], sys.argv[3])
+        trio.run(follower, sys.argv[2])
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "leader":
-        trio.run(leader, sys.argv[2], sys.argv[3], [int(p) for p in sys.argv[4:]])
+        trio.run(leader, sys.argv[2], [int(p) for p in sys.argv[3:]])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per mode, after a warm-up")
     parser.add_argument("--dir", help="where the relays append (default: a new temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="relay-floor-", dir=args.dir) as directory:
-        found = {mode: measure(mode, args.seconds, Path(directory)) for mode in MODES}
+        found = measure(args.seconds, Path(directory))
     print(json.dumps(found))
     return 0
 
