@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ class _Frames:
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
                 continue
+            except ConnectionResetError:
+                data = b""  # killed with our frame unread: gone all the same
             if not data:
                 raise EOFError
             self.buffer += data
@@ -67,7 +70,7 @@ def _frame(message: Any) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def _appender(path: str) -> Any:
+def _appender(path: str) -> Callable[[bytes, bool], None]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     sync = getattr(os, "fdatasync", os.fsync)
 
@@ -192,20 +195,22 @@ def _port(process: subprocess.Popen[bytes]) -> int:
     return int(line)
 
 
-def measure(seconds: float, directory: Path) -> dict[str, dict[str, float]]:
-    """Start the three relays, write sequentially for ``seconds`` in each mode, stop them
-    (by PID)."""
+def measure(seconds: float, directory: str | None = None) -> dict[str, dict[str, float]]:
+    """Start the three relays, appending in a new folder in ``directory`` (default: the
+    system's temporary one), write sequentially for ``seconds`` in each mode, stop them (by
+    PID) and remove the folder."""
     processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for name in ("follower-1", "follower-2"):  # started together: they start slowly
-            processes.append(_start(["follower", str(directory / name)]))
-        ports = [_port(process) for process in processes]
-        processes.append(_start(["leader", str(directory / "leader"), *map(str, ports)]))
-        return trio.run(client, _port(processes[-1]), seconds)
-    finally:
-        for process in reversed(processes):  # the leader first: followers then see it go
-            process.kill()
-            process.wait()
+    with tempfile.TemporaryDirectory(prefix="relay-floor-", dir=directory) as folder:
+        try:
+            for name in ("follower-1", "follower-2"):  # started together: they start slowly
+                processes.append(_start(["follower", str(Path(folder, name))]))
+            ports = [_port(process) for process in processes]
+            processes.append(_start(["leader", str(Path(folder, "leader")), *map(str, ports)]))
+            return trio.run(client, _port(processes[-1]), seconds)
+        finally:
+            for process in reversed(processes):  # the leader first: followers then see it go
+                process.kill()
+                process.wait()
 
 
 def main() -> int:
@@ -219,9 +224,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per mode, after a warm-up")
     parser.add_argument("--dir", help="where the relays append (default: a new temp dir)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="relay-floor-", dir=args.dir) as directory:
-        found = measure(args.seconds, Path(directory))
-    print(json.dumps(found))
+    print(json.dumps(measure(args.seconds, args.dir)))
     return 0
 
 

@@ -117,20 +117,13 @@ def relay_floor(directory: Path, seconds: float) -> dict[str, Any] | None:
     Measured in each round beside the disk probe: both move with the host from one hour to
     the next, and the sequential latency targets are judged against them.
     """
+    import relay_floor as relay  # here, so that --render needs neither trio nor msgpack
+
     try:
-        completed = subprocess.run(
-            [sys.executable, str(HERE / "relay_floor.py"), "--seconds", str(seconds),
-             "--dir", str(directory)],
-            capture_output=True, text=True, timeout=60 + 4 * seconds,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
+        return dict(relay.measure(seconds, str(directory)))
+    except (OSError, RuntimeError, EOFError) as exc:
+        print(f"relay floor failed: {exc!r}", flush=True)
         return None
-    lines = completed.stdout.strip().splitlines()
-    if completed.returncode != 0 or not lines:
-        print(f"relay floor failed: {completed.stderr[-500:]}", flush=True)
-        return None
-    found: dict[str, Any] = json.loads(lines[-1])
-    return found
 
 
 def _busy_seconds() -> float | None:
@@ -623,6 +616,11 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _floor_latencies(floors: list[dict[str, Any]], mode: str) -> str:
+    """Each round's relay floor in ``mode``, as "p50 / p99 ms"."""
+    return ", ".join(f"{f[mode]['p50_ms']:.2f} / {f[mode]['p99_ms']:.2f} ms" for f in floors)
+
+
 def _render_header(report: dict[str, Any]) -> list[str]:
     client_gc = "Python's default (700, 10, 10)"
     if report.get("client_gc"):
@@ -647,13 +645,9 @@ def _render_header(report: dict[str, Any]) -> list[str]:
             "Floor: a bare relay of a sequential write's hops (`relay_floor.py`: client → "
             "leader → both followers → leader → client, four processes, Trio and msgpack, each "
             "append an `fdatasync` on the event loop, no Raft) took p50 / p99 "
-            + ", ".join(
-                f"{f['durable']['p50_ms']:.2f} / {f['durable']['p99_ms']:.2f} ms" for f in floors
-            )
+            + _floor_latencies(floors, "durable")
             + " durable and "
-            + ", ".join(
-                f"{f['memory']['p50_ms']:.2f} / {f['memory']['p99_ms']:.2f} ms" for f in floors
-            )
+            + _floor_latencies(floors, "memory")
             + " in memory, in each round: what a sequential write's hops cost here with nothing of "
             "Raft in them."
         )
