@@ -59,11 +59,14 @@ def segments(data_dir: str | os.PathLike[str]) -> list[pathlib.Path]:
 
 
 def records(path: str | os.PathLike[str]) -> list[tuple[int, int, Entry]]:
-    """(offset, end, entry) of every record of a segment file, which must be intact."""
+    """(offset, end, entry) of every record of a segment file, which must be intact.
+
+    The records end where the file does or where zeros fill the rest of it (preallocated).
+    """
     raw = pathlib.Path(path).read_bytes()
     found = []
     offset = 0
-    while offset < len(raw):
+    while offset < len(raw) and raw.count(0, offset) < len(raw) - offset:
         length, crc = struct.unpack_from(">II", raw, offset)
         payload = raw[offset + 8 : offset + 8 + length]
         assert len(payload) == length and zlib.crc32(payload) == crc
@@ -72,6 +75,12 @@ def records(path: str | os.PathLike[str]) -> list[tuple[int, int, Entry]]:
         found.append((offset, end, Entry(term=term, index=index, kind=EntryKind(kind), data=data)))
         offset = end
     return found
+
+
+def records_end(path: str | os.PathLike[str]) -> int:
+    """Where a segment file's records end (after it, zeros or nothing)."""
+    found = records(path)
+    return found[-1][1] if found else 0
 
 
 def encode_record(term: int, index: int, kind: int, data: bytes) -> bytes:

@@ -9,7 +9,16 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from storage_helpers import dir_bytes, encode_record, make_entries, opened, records, segments
+from storage_helpers import (
+    copy_dir,
+    dir_bytes,
+    encode_record,
+    make_entries,
+    opened,
+    records,
+    records_end,
+    segments,
+)
 
 from tinyraft_trio._core._types import (
     Entry,
@@ -115,7 +124,7 @@ async def test_truncating_across_segments_deletes_the_later_ones(tmp_path: pathl
         cut = next(offset for offset, _, entry in records(holder) if entry.index == 30)
         await storage.persist(hard_state=None, first_index=30, entries=())
         assert segments(tmp_path) == kept
-        assert holder.stat().st_size == cut
+        assert records_end(holder) == cut
         assert {path: path.stat().st_ino for path in kept} == inodes
         await storage.persist(hard_state=None, first_index=30, entries=make_entries(30, 40, term=5))
     state = await reload(tmp_path, segment_bytes=256)
@@ -170,6 +179,51 @@ async def test_segments_roll_at_segment_bytes(tmp_path: pathlib.Path) -> None:
     assert (await reload(tmp_path, segment_bytes=4096)).entries == tuple(written)
     # A smaller or larger segment_bytes later reads the same log.
     assert (await reload(tmp_path, segment_bytes=100)).entries == tuple(written)
+
+
+needs_fallocate = pytest.mark.skipif(
+    not hasattr(os, "posix_fallocate"), reason="no posix_fallocate: segments are not preallocated"
+)
+
+
+@needs_fallocate
+async def test_the_segment_appended_to_is_preallocated_and_trimmed_when_done(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An append into preallocated zeros changes no file size, so its flush commits none."""
+    async with opened(tmp_path, segment_bytes=4096) as storage:
+        await storage.persist(hard_state=None, first_index=1, entries=make_entries(1, 3))
+        [first] = segments(tmp_path)
+        assert first.stat().st_size == 4096
+        assert not any(first.read_bytes()[records_end(first) :])
+        await storage.persist(hard_state=None, first_index=4, entries=make_entries(4, 200))
+        *done, last = segments(tmp_path)
+        assert done and all(path.stat().st_size == records_end(path) for path in done)
+        assert last.stat().st_size == 4096
+        # Cutting the log inside the last segment preallocates its rest again.
+        cut = records(last)[1][0]
+        await storage.persist(hard_state=None, first_index=records(last)[1][2].index, entries=())
+        assert (records_end(last), last.stat().st_size) == (cut, 4096)
+    assert last.stat().st_size == cut
+
+
+async def test_a_copy_taken_while_appending_loads_every_entry_quietly(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a crash leaves: segments that still end in preallocated zeros."""
+    written = make_entries(1, 120, size=50)
+    async with opened(tmp_path / "live", segment_bytes=4096) as storage:
+        await storage.persist(hard_state=None, first_index=1, entries=written)
+        copy_dir(tmp_path / "live", tmp_path / "crashed")
+    with caplog.at_level("WARNING", logger="tinyraft_trio.storage"):
+        async with opened(tmp_path / "crashed", segment_bytes=4096) as storage:
+            assert (await storage.load()).entries == tuple(written)
+            more = make_entries(121, 30, term=2, size=50)
+            await storage.persist(hard_state=None, first_index=121, entries=more)
+    assert [r for r in caplog.records if r.name == "tinyraft_trio.storage"] == []
+    for path in segments(tmp_path / "crashed"):
+        assert path.stat().st_size == records_end(path)
+    assert (await reload(tmp_path / "crashed")).entries == tuple(written + more)
 
 
 async def test_an_entry_larger_than_a_segment_gets_a_segment_alone(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from storage_helpers import make_entries, opened, segments
+from storage_helpers import make_entries, opened, records_end, segments
 
 from tinyraft_trio._core._types import Entry, HardState, Membership, SnapshotMeta
 from tinyraft_trio._storage._base import PersistentState
@@ -73,7 +73,7 @@ async def test_a_full_disk_mid_write_is_rolled_back(
     acknowledged = make_entries(1, 10)
     async with opened(tmp_path) as storage:
         await storage.persist(hard_state=None, first_index=1, entries=acknowledged)
-        size = segments(tmp_path)[0].stat().st_size
+        size = records_end(segments(tmp_path)[0])
         faults.fail("write", errno.ENOSPC, partial=True)
         with pytest.raises(OSError) as caught:
             await storage.persist(hard_state=None, first_index=11, entries=make_entries(11, 5))

@@ -15,11 +15,13 @@ from storage_helpers import (
     make_entries,
     opened,
     records,
+    records_end,
     segments,
 )
 
 from tinyraft_trio._core._types import HardState, Membership, SnapshotMeta
 from tinyraft_trio._exceptions import RaftError
+from tinyraft_trio._storage._base import PersistentState
 from tinyraft_trio._storage._file import DataDirLockedError, FileStorage, StorageCorruptedError
 
 LOGGER = "tinyraft_trio.storage"
@@ -50,6 +52,14 @@ def expected_entries(count: int = 40) -> tuple[object, ...]:
     )
 
 
+async def reload(path: pathlib.Path) -> PersistentState:
+    storage = FileStorage(path, segment_bytes=SEGMENT_BYTES)
+    try:
+        return await storage.load()
+    finally:
+        await storage.close()
+
+
 def storage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
 
@@ -67,6 +77,7 @@ async def test_every_torn_final_record_is_cut_with_one_warning(
     start, end, _ = records(segments(pristine)[-1])[-1]
     assert end - start > 20
     work = tmp_path / "work"
+    torn_record = (segments(pristine)[-1]).read_bytes()[start:end]
     for cut in range(start, end):
         copy_dir(pristine, work)
         os.truncate(work / "log" / last_segment, cut)
@@ -77,14 +88,17 @@ async def test_every_torn_final_record_is_cut_with_one_warning(
                 assert state.entries == expected[:-1], cut
                 assert state.hard_state == HardState(current_term=2, voted_for="a")
                 warnings = storage_warnings(caplog)
-                if cut == start:  # the file ends at a record boundary: nothing is torn
+                if not any(torn_record[: cut - start]):
+                    # At a record boundary, or in the zero bytes that begin the record's
+                    # length: the records end there, as before preallocated zeros.
                     assert warnings == []
+                    assert records_end(work / "log" / last_segment) == start
                 else:
                     assert len(warnings) == 1, [w.getMessage() for w in warnings]
                     message = warnings[0].getMessage()
                     assert str(work / "log" / last_segment) in message
                     assert f"offset {start}" in message
-                assert (work / "log" / last_segment).stat().st_size == start
+                    assert (work / "log" / last_segment).stat().st_size == start
                 # Appending after the cut works and survives a reload.
                 more = make_entries(40, 3, term=3)
                 await storage.persist(hard_state=None, first_index=40, entries=more)
@@ -112,21 +126,48 @@ async def test_a_final_record_failing_its_checksum_at_the_end_is_torn(
     assert f"{last} at offset {start}" in warning.getMessage()
 
 
-async def test_a_zero_filled_tail_is_torn(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("which", ["last", "before the last"])
+async def test_zeros_after_the_records_end_the_segment_quietly(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, which: str
 ) -> None:
-    """Some file systems show zeros where an interrupted write extended a file."""
+    """What a crash leaves of a preallocated segment (or of a file system that shows zeros
+    where an interrupted write extended a file): nothing is lost, nothing to warn about."""
     await make_pristine(tmp_path)
-    last = segments(tmp_path)[-1]
-    size = last.stat().st_size
-    with last.open("ab") as file:
+    segment = segments(tmp_path)[-1 if which == "last" else -2]
+    size = segment.stat().st_size
+    with segment.open("ab") as file:
         file.write(bytes(4096))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        async with opened(tmp_path) as storage:
+        async with opened(tmp_path, segment_bytes=SEGMENT_BYTES) as storage:
             assert (await storage.load()).entries == expected_entries()
+            more = make_entries(41, 3, term=3)
+            await storage.persist(hard_state=None, first_index=41, entries=more)
+    assert storage_warnings(caplog) == []
+    assert segment.stat().st_size == size  # trimmed when the storage closed or moved on
+    assert (await reload(tmp_path)).entries == expected_entries() + tuple(more)
+
+
+async def test_a_last_segment_of_zeros_is_removed(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash right after a segment was created and preallocated."""
+    await make_pristine(tmp_path)
+    before = segments(tmp_path)
+    zeros = tmp_path / "log" / f"{41:020d}.seg"
+    zeros.write_bytes(bytes(SEGMENT_BYTES))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert (await reload(tmp_path)).entries == expected_entries()
     [warning] = storage_warnings(caplog)
-    assert f"{last} at offset {size}" in warning.getMessage()
-    assert last.stat().st_size == size
+    assert f"{zeros} at offset 0" in warning.getMessage()
+    assert segments(tmp_path) == before
+
+
+async def test_a_segment_of_zeros_before_the_last_refuses(tmp_path: pathlib.Path) -> None:
+    await make_pristine(tmp_path)
+    middle = segments(tmp_path)[1]
+    middle.write_bytes(bytes(middle.stat().st_size))
+    error = await expect_corruption(tmp_path)
+    assert error.path == str(middle)
 
 
 async def test_a_torn_first_record_of_the_last_segment_removes_it(

@@ -71,8 +71,8 @@ def test_a_torn_tail_is_healthy_with_a_note_and_check_changes_nothing(
 ) -> None:
     make_data_dir(tmp_path)
     last = segments(tmp_path)[-1]
-    start, _, _ = records(last)[-1]
-    os.truncate(last, start + 3)
+    start, end, _ = records(last)[-1]
+    os.truncate(last, end - 3)
     before = dir_bytes(tmp_path)
     report = check_data_dir(tmp_path)
     assert report.ok

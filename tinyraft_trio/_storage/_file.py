@@ -25,11 +25,21 @@ last one would grow past ``segment_bytes``. Truncating cuts one segment at a rec
 and deletes the segments after it (newest first, so a crash leaves a contiguous log).
 Compaction deletes whole segments that a snapshot covers.
 
+The segment being appended to is preallocated to ``segment_bytes`` (``posix_fallocate``, as
+etcd's WAL does): its records are followed by zeros, and an append changes no file size, so its
+``fdatasync`` has no metadata to commit (on ext4, 193 against 146 us at p50 for a lone flush on
+the benchmark's host). The records end where the zeros begin. A segment is trimmed to its
+records when the next one starts, when the storage closes and when it loads, so a directory
+holds zeros only after a crash, at the end of its last segment or two.
+
 On start, every record's checksum is verified:
 
-- A damaged final record of the last segment (incomplete, failing its checksum, or zeros),
-  with no intact record after it in that file, is what a crash during a write leaves. It was
-  never acknowledged: it is cut away, with one warning naming the file and offset.
+- Zeros from a record boundary to the end of a segment are the unused part of its
+  preallocation: the segment ends there, and nothing is said.
+- A damaged final record of the last segment (incomplete, or failing its checksum), with no
+  intact record after it in that file, is what a crash during a write leaves. It was never
+  acknowledged: it is cut away, with one warning naming the file and offset. So is a last
+  segment holding nothing but zeros (a crash right after it was created).
 - Any other damage (a bad record with intact records after it, a record whose index does not
   follow the previous one, a missing segment, a segment whose name does not match its first
   record, an unreadable ``hardstate`` or ``snapshot``) refuses to start with
@@ -162,6 +172,30 @@ def _where(path: str, offset: int | None) -> str:
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Extend the file to at least ``size`` bytes of reserved zeros, if the platform can.
+
+    Best effort: without it (no ``posix_fallocate``, or it fails, say for a full disk) appends
+    still work, each flush then also committing the file's new size.
+    """
+    if _HAVE_FALLOCATE:
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, size)
+
+
+_HAVE_FALLOCATE = hasattr(os, "posix_fallocate")
+
+
+def _trim_zero_tails(segments: list[_Segment]) -> None:
+    """Cut the zeros a crash left after segments' records (preallocated, never trimmed).
+
+    Not synced: zeros that come back after a crash are the end of the records again.
+    """
+    for segment in segments:
+        if os.path.getsize(segment.path) > segment.size:
+            os.truncate(segment.path, segment.size)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -487,7 +521,8 @@ class _Segment:
     """Where one segment file's records are. Entry payloads are not kept in memory.
 
     Invariant: offsets[i] is the file offset of the record of entry first_index + i;
-    offsets is non-empty and increasing; size is the file's length (the end of its last record).
+    offsets is non-empty and increasing; size is the end of its last record (the file may be
+    longer: preallocated zeros).
     """
 
     path: str
@@ -659,6 +694,11 @@ def _scan_segment(
             elif crc32(view[start:end]) != crc:
                 problem = "record checksum mismatch"
         if problem is not None:
+            if buffer.count(0, position) == size - position:
+                if position > 0:
+                    break  # the unused, zero-filled rest of a preallocated segment
+                # Nothing but zeros: preallocated, then a crash before its first record.
+                return segment, damage("segment file holds only zeros", torn=is_last)
             if is_last and _find_record(buffer, position + 1, min_index=index + 1) is None:
                 return segment, damage(f"torn final record: {problem}", torn=True)
             if is_last:
@@ -782,7 +822,8 @@ class FileStorage:
         # Invariant: segments are contiguous (each starts at the previous one's
         # last_index + 1), none is empty, and they match the files in log/.
         self._segments: list[_Segment] = []
-        # Invariant: when not None, an O_APPEND descriptor of self._segments[-1].
+        # Invariant: when not None, a descriptor of self._segments[-1], preallocated,
+        # positioned at the segment's size (the end of its last record).
         self._active_fd: int | None = None
         self._hard_state = HardState()
         self._snapshot: tuple[SnapshotMeta, int] | None = None
@@ -804,7 +845,8 @@ class FileStorage:
         """Lock the data directory (on the first call) and read back what was persisted.
 
         Creates the directory if it does not exist. Cuts away a torn final log record (with a
-        warning) and removes leftover temporary files; changes nothing else.
+        warning), trims the zeros a crash left after segments' records and removes leftover
+        temporary files; changes nothing else.
 
         Raises:
             DataDirLockedError: another FileStorage (in any process) uses the directory.
@@ -969,6 +1011,7 @@ class FileStorage:
                 _unlink_quietly(os.path.join(self.data_dir, name + TEMP_SUFFIX))
             if damage is not None:
                 self._cut_torn_tail(damage)
+            _trim_zero_tails(scan.segments)
             for path in scan.ignored:
                 logger.warning("%s: not a segment file, ignored", path)
         except BaseException:
@@ -1056,14 +1099,29 @@ class FileStorage:
         self._hard_state = hard_state
 
     def _active(self) -> int:
-        """The last segment's append descriptor, opened if needed."""
+        """The last segment's append descriptor, opened (and preallocated) if needed."""
         if self._active_fd is None:
-            path = self._segments[-1].path
-            self._active_fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_CLOEXEC)
+            segment = self._segments[-1]
+            fd = os.open(segment.path, os.O_WRONLY | _O_CLOEXEC)
+            try:
+                _preallocate(fd, self.segment_bytes)
+                os.lseek(fd, segment.size, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._active_fd = fd
         return self._active_fd
 
     def _drop_active(self) -> None:
+        """Close the last segment's descriptor, trimming the segment's unused zeros.
+
+        Not synced: a crash before the trim is durable leaves zeros after the last record,
+        which load takes for the end of the segment.
+        """
         fd, self._active_fd = self._active_fd, None
+        if fd is not None and self._segments:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._segments[-1].size)
         _close_quietly(fd)
 
     def _truncate_from(self, first_index: Index) -> None:
@@ -1094,6 +1152,8 @@ class FileStorage:
         os.ftruncate(fd, cut)
         del segment.offsets[keep:]
         segment.size = cut
+        os.lseek(fd, cut, os.SEEK_SET)
+        _preallocate(fd, self.segment_bytes)  # zeros again where the cut records were
         self._sync_file_or_break(fd)
 
     def _sync_file_or_break(self, fd: int) -> None:
@@ -1159,9 +1219,8 @@ class FileStorage:
         assert self._log_dir_fd is not None
         if new:
             path = os.path.join(self._log_dir, _segment_name(first_index))
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _O_CLOEXEC, 0o644
-            )
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            _preallocate(fd, self.segment_bytes)
             segment = _Segment(path=path, first_index=first_index)
         else:
             fd = self._active()
@@ -1184,6 +1243,7 @@ class FileStorage:
                     os.unlink(segment.path)
                 else:
                     os.ftruncate(fd, segment.size)
+                    os.lseek(fd, segment.size, os.SEEK_SET)
             except OSError as rollback_error:
                 self._mark_broken(rollback_error)
             if stage != "write" and isinstance(exc, OSError):
@@ -1264,6 +1324,6 @@ class FileStorage:
 
     def _close_sync(self) -> None:
         self._loaded = False
+        self._close_files()  # trims the last segment: needs self._segments
         self._segments = []
-        self._close_files()
         self._lock.release()
