@@ -147,21 +147,6 @@ async def test_zeros_after_the_records_end_the_segment_quietly(
     assert (await reload(tmp_path)).entries == expected_entries() + tuple(more)
 
 
-async def test_a_last_segment_of_zeros_is_removed(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A crash right after a segment was created and preallocated."""
-    await make_pristine(tmp_path)
-    before = segments(tmp_path)
-    zeros = tmp_path / "log" / f"{41:020d}.seg"
-    zeros.write_bytes(bytes(SEGMENT_BYTES))
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert (await reload(tmp_path)).entries == expected_entries()
-    [warning] = storage_warnings(caplog)
-    assert f"{zeros} at offset 0" in warning.getMessage()
-    assert segments(tmp_path) == before
-
-
 async def test_a_segment_of_zeros_before_the_last_refuses(tmp_path: pathlib.Path) -> None:
     await make_pristine(tmp_path)
     middle = segments(tmp_path)[1]
@@ -170,13 +155,21 @@ async def test_a_segment_of_zeros_before_the_last_refuses(tmp_path: pathlib.Path
     assert error.path == str(middle)
 
 
-async def test_a_torn_first_record_of_the_last_segment_removes_it(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(encode_record(2, 41, 0, b"lost")[:-2], id="torn first record"),
+        # Created and preallocated, then a crash before its first record was written.
+        pytest.param(bytes(SEGMENT_BYTES), id="zeros"),
+    ],
+)
+async def test_a_last_segment_without_an_intact_record_is_removed(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture, content: bytes
 ) -> None:
     await make_pristine(tmp_path)
     before = segments(tmp_path)
     new_segment = tmp_path / "log" / f"{41:020d}.seg"
-    new_segment.write_bytes(encode_record(2, 41, 0, b"lost")[:-2])
+    new_segment.write_bytes(content)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         async with opened(tmp_path) as storage:
             assert (await storage.load()).entries == expected_entries()
