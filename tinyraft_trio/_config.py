@@ -74,9 +74,10 @@ class RaftConfig:
         data_dir: where the node keeps its log, hard state and snapshots, durably (fsync
             before acknowledging). None keeps everything in memory: a restarted node then
             comes back empty.
-        segment_bytes: a log segment file is closed and a new one started past this size.
-            Segments are deleted whole once a snapshot covers them, so this bounds the log
-            kept behind the last snapshot (on disk, and its index in memory).
+        segment_bytes: a log segment file is closed and a new one started past this size;
+            the one being appended to is preallocated to it (its flushes then commit no
+            file size). Segments are deleted whole once a snapshot covers them, so this
+            bounds the log kept behind the last snapshot (on disk, and its index in memory).
         snapshot_threshold: take a snapshot once this many commands were applied since
             the last one (each command of a batch entry counts; so does every other entry).
             The log since the last snapshot stays in memory, and every snapshot
