@@ -66,8 +66,10 @@ def records(path: str | os.PathLike[str]) -> list[tuple[int, int, Entry]]:
     raw = pathlib.Path(path).read_bytes()
     found = []
     offset = 0
-    while offset < len(raw) and raw.count(0, offset) < len(raw) - offset:
+    while offset < len(raw):
         length, crc = struct.unpack_from(">II", raw, offset)
+        if length == 0 and raw.count(0, offset) == len(raw) - offset:
+            break  # the zeros of a preallocated segment
         payload = raw[offset + 8 : offset + 8 + length]
         assert len(payload) == length and zlib.crc32(payload) == crc
         term, index, kind, data = msgpack.unpackb(payload)
