@@ -373,7 +373,7 @@ def main() -> int:
         return 0
 
     if args.quick:
-        warmup, duration, rounds, failover_rounds = 0.5, 1.0, 1, 1
+        warmup, duration, rounds, failover_rounds = 0.4, 0.8, 1, 1
     else:
         # Five SIGKILL runs: the time to elect a new leader is randomized (election timeouts),
         # so three runs give a median that moves by a few hundred ms between invocations.
