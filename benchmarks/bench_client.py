@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import math
 import os
 import signal
 import struct
@@ -34,6 +33,7 @@ from typing import Any
 
 import msgpack
 import trio
+from _stats import percentile
 
 # The same parking and deadline timer for both systems' requests (see _PsoCall).
 from tinyraft_trio._pending import DeadlineTimer, PendingCall
@@ -44,14 +44,6 @@ now = time.perf_counter
 
 Operation = Callable[[int], Awaitable[tuple[str, Any]]]
 """One request of a workload, by task index: ``(outcome, detail)``."""
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-    return ordered[index]
 
 
 # ------------------------------------------------------------------------------ backends

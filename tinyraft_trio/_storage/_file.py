@@ -172,6 +172,7 @@ def _where(path: str, offset: int | None) -> str:
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_HAVE_FALLOCATE = hasattr(os, "posix_fallocate")
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -183,9 +184,6 @@ def _preallocate(fd: int, size: int) -> None:
     if _HAVE_FALLOCATE:
         with contextlib.suppress(OSError):
             os.posix_fallocate(fd, 0, size)
-
-
-_HAVE_FALLOCATE = hasattr(os, "posix_fallocate")
 
 
 def _trim_zero_tails(segments: list[_Segment]) -> None:
