@@ -142,6 +142,7 @@ async def test_a_node_run_by_the_library_leaves_the_collector_alone() -> None:
 
     config = RaftConfig(node_id="n1", listen="127.0.0.1:0", bootstrap=True)
     async with open_raft_node(config, KeyValueStore()) as node:
+        await node.wait_for_leader()  # its own election, which a loaded machine can delay
         await node.apply(put_command("a", "1"))
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
