@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -64,6 +65,47 @@ async def test_it_is_a_checkpoint_even_when_data_is_there() -> None:
     finally:
         trio.lowlevel.remove_instrument(steps)
     assert steps.count == 1  # it read at once, and still yielded to the scheduler once
+
+
+async def test_a_drained_read_waits_for_data_before_it_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a short read the socket was empty: the next read waits until data is there
+    instead of first trying a read that fails. It reads once either way, and it can be
+    cancelled while waiting."""
+    left, right = await _pair()
+    reads: list[int] = []
+    real_read = os.read
+
+    def counted_read(fd: int, size: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "read", counted_read)
+    received: list[bytes] = []
+
+    async def read(drained: bool) -> None:
+        received.append(await receive_some(right, 100, drained=drained))
+
+    for drained, reads_made in ((False, 2), (True, 1)):
+        reads.clear()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, drained)
+            await trio.testing.wait_all_tasks_blocked()
+            await left.send_all(b"late")
+        assert received.pop() == b"late"
+        assert len(reads) == reads_made  # the undrained read tried first, and failed
+
+    reads.clear()
+    await left.send_all(b"there")
+    assert await receive_some(right, 100, drained=True) == b"there"
+    assert len(reads) == 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, True)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert received == [] and len(reads) == 1
 
 
 class _StepsOf(trio.abc.Instrument):

@@ -734,9 +734,11 @@ class RpcClient:
         """The connection's only reader: hand each Response to the call waiting for it."""
         address = connection.address
         calls = connection.calls
+        drained = False
         try:
             while True:
-                data = await receive_some(stream, _RECEIVE_BYTES)
+                data = await receive_some(stream, _RECEIVE_BYTES, drained=drained)
+                drained = len(data) < _RECEIVE_BYTES
                 if not data:
                     logger.info("%s closed the connection", address)
                     self._forget(connection, "the node closed the connection")

@@ -577,6 +577,7 @@ class TcpTransport:
         the connection ends. Bad input is logged here and ends the connection."""
         settle = self._settle or _nothing_to_settle
         delivered = False
+        drained = False
         try:
             while True:
                 try:
@@ -585,7 +586,9 @@ class TcpTransport:
                     settle()
                 # A large frame (AppendEntries, a batch of requests) in as few reads as the
                 # socket allows.
-                data = await receive_some(stream, max(_RECEIVE_BYTES, decoder.missing_bytes))
+                wanted = max(_RECEIVE_BYTES, decoder.missing_bytes)
+                data = await receive_some(stream, wanted, drained=drained)
+                drained = len(data) < wanted
                 if not data:
                     logger.debug("%r at %s closed its connection", peer_id, remote)
                     break
