@@ -132,6 +132,17 @@ async def test_a_reset_connection_raises_the_sockets_oserror() -> None:
     await listeners[0].aclose()
 
 
+@pytest.mark.parametrize("drained", [False, True])
+async def test_a_stream_closed_before_the_read_raises_oserror(drained: bool) -> None:
+    """What the readers handle as a lost connection, drained or not (a reader's stream can
+    be closed by another task between two of its reads)."""
+    left, right = await _pair()
+    await right.aclose()
+    with pytest.raises(OSError):
+        await receive_some(right, 100, drained=drained)
+    await left.aclose()
+
+
 async def test_a_stream_closed_while_waiting_raises_closed_resource_error() -> None:
     left, right = await _pair()
 

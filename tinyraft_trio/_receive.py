@@ -32,7 +32,7 @@ async def receive_some(
     """
     sock = stream.socket
     fd = sock.fileno()
-    if not drained:
+    if not drained or fd < 0:  # a stream closed here fails in os.read, with EBADF
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             data = os.read(fd, max_bytes)
