@@ -1,4 +1,4 @@
-"""receive_some: what SocketStream.receive_some does for our readers, in fewer steps."""
+"""SocketReader: what SocketStream.receive_some does for our readers, in fewer steps."""
 
 from __future__ import annotations
 
@@ -10,12 +10,25 @@ import pytest
 import trio
 import trio.testing
 
-from tinyraft_trio._receive import receive_some
+from tinyraft_trio._receive import SocketReader
 
 
 async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     a, b = trio.socket.socketpair()
     return trio.SocketStream(a), trio.SocketStream(b)
+
+
+async def receive_some(stream: trio.SocketStream, max_bytes: int) -> bytes:
+    """A first read of ``stream``: by a reader that has not read before."""
+    return await SocketReader(stream).receive_some(max_bytes)
+
+
+async def drained_reader(left: trio.SocketStream, right: trio.SocketStream) -> SocketReader:
+    """A reader of ``right`` whose last read was short: it emptied the socket."""
+    reader = SocketReader(right)
+    await left.send_all(b"x")
+    assert await reader.receive_some(100) == b"x"
+    return reader
 
 
 async def test_it_returns_what_arrived_and_empty_bytes_at_the_end() -> None:
@@ -81,31 +94,63 @@ async def test_a_drained_read_waits_for_data_before_it_reads(
         reads.append(fd)
         return real_read(fd, size)
 
-    monkeypatch.setattr(os, "read", counted_read)
     received: list[bytes] = []
 
-    async def read(drained: bool) -> None:
-        received.append(await receive_some(right, 100, drained=drained))
+    async def read(reader: SocketReader) -> None:
+        received.append(await reader.receive_some(100))
 
     for drained, reads_made in ((False, 2), (True, 1)):
-        reads.clear()
+        reader = await drained_reader(left, right) if drained else SocketReader(right)
+        monkeypatch.setattr(os, "read", counted_read)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read, drained)
+            nursery.start_soon(read, reader)
             await trio.testing.wait_all_tasks_blocked()
             await left.send_all(b"late")
+        monkeypatch.undo()
         assert received.pop() == b"late"
         assert len(reads) == reads_made  # the undrained read tried first, and failed
+        reads.clear()
 
-    reads.clear()
+    reader = await drained_reader(left, right)
+    monkeypatch.setattr(os, "read", counted_read)
     await left.send_all(b"there")
-    assert await receive_some(right, 100, drained=True) == b"there"
+    assert await reader.receive_some(100) == b"there"
     assert len(reads) == 1
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(read, True)
+        nursery.start_soon(read, reader)  # drained again: "there" was short
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert received == [] and len(reads) == 1
+
+
+async def test_a_full_read_leaves_the_next_one_to_try_reading_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read that filled its buffer may have left more behind: the next one reads before
+    it waits (here the socket was in fact empty, so that read fails and it waits)."""
+    left, right = await _pair()
+    reader = SocketReader(right)
+    await left.send_all(b"hel")
+    assert await reader.receive_some(3) == b"hel"
+    reads: list[int] = []
+    real_read = os.read
+
+    def counted_read(fd: int, size: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "read", counted_read)
+    received: list[bytes] = []
+
+    async def read() -> None:
+        received.append(await reader.receive_some(100))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        await left.send_all(b"lo")
+    assert received == [b"lo"] and len(reads) == 2
 
 
 class _StepsOf(trio.abc.Instrument):
@@ -134,12 +179,12 @@ async def test_a_reset_connection_raises_the_sockets_oserror() -> None:
 
 @pytest.mark.parametrize("drained", [False, True])
 async def test_a_stream_closed_before_the_read_raises_oserror(drained: bool) -> None:
-    """What the readers handle as a lost connection, drained or not (a reader's stream can
-    be closed by another task between two of its reads)."""
+    """What the readers handle as a lost connection, drained or not."""
     left, right = await _pair()
+    reader = await drained_reader(left, right) if drained else SocketReader(right)
     await right.aclose()
     with pytest.raises(OSError):
-        await receive_some(right, 100, drained=drained)
+        await reader.receive_some(100)
     await left.aclose()
 
 

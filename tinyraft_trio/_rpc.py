@@ -29,7 +29,7 @@ from ._config import parse_address
 from ._exceptions import RaftError
 from ._outbox import Outbox
 from ._pending import DeadlineTimer, PendingCall
-from ._receive import receive_some
+from ._receive import SocketReader
 from ._wire import (
     MAX_ID_CHARS,
     MAX_METHOD_CHARS,
@@ -734,11 +734,10 @@ class RpcClient:
         """The connection's only reader: hand each Response to the call waiting for it."""
         address = connection.address
         calls = connection.calls
-        drained = False
+        reader = SocketReader(stream)
         try:
             while True:
-                data = await receive_some(stream, _RECEIVE_BYTES, drained=drained)
-                drained = len(data) < _RECEIVE_BYTES
+                data = await reader.receive_some(_RECEIVE_BYTES)
                 if not data:
                     logger.info("%s closed the connection", address)
                     self._forget(connection, "the node closed the connection")

@@ -25,7 +25,7 @@ from ._config import parse_address
 from ._core._messages import Message
 from ._core._types import NodeId
 from ._outbox import MAX_WRITE_BYTES, DirectWrites, Outbox, write_now
-from ._receive import receive_some
+from ._receive import SocketReader
 from ._rpc import (
     DEFAULT_MAX_FRAME_BYTES,
     RequestHandler,
@@ -577,7 +577,7 @@ class TcpTransport:
         the connection ends. Bad input is logged here and ends the connection."""
         settle = self._settle or _nothing_to_settle
         delivered = False
-        drained = False
+        reader = SocketReader(stream)
         try:
             while True:
                 try:
@@ -586,9 +586,7 @@ class TcpTransport:
                     settle()
                 # A large frame (AppendEntries, a batch of requests) in as few reads as the
                 # socket allows.
-                wanted = max(_RECEIVE_BYTES, decoder.missing_bytes)
-                data = await receive_some(stream, wanted, drained=drained)
-                drained = len(data) < wanted
+                data = await reader.receive_some(max(_RECEIVE_BYTES, decoder.missing_bytes))
                 if not data:
                     logger.debug("%r at %s closed its connection", peer_id, remote)
                     break
