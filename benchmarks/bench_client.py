@@ -340,13 +340,18 @@ async def find_leader(backend: Any, addresses: list[str], deadline: float) -> st
 
 
 async def drive(
-    inflight: int, warmup: float, duration: float, operation: Operation
+    inflight: int,
+    warmup: float,
+    duration: float,
+    operation: Operation,
+    processes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """``inflight`` tasks call ``operation(task_index)`` back to back; measure a middle window.
 
     Shared by writes and reads so that both systems and both kinds of request are measured
     the same way: throughput counts ``ok`` answers inside the window (after ``warmup``);
-    latency is that of those requests.
+    latency is that of those requests. With ``processes`` (name: pid), the result also says
+    how each of them spent the window (``sched``: see ``scheduling``).
     """
     counts = {"ok": 0, "failed": 0, "unacked": 0, "redirected": 0}
     latencies: list[float] = []
@@ -371,12 +376,22 @@ async def drive(
                     errors.append(f"{kind}: {detail}")
                 await trio.sleep(0.001)
 
+    sched: dict[str, dict[str, float] | None] = {}
+
+    async def watch_window() -> None:
+        assert processes is not None
+        await trio.sleep(max(0.0, window_start - now()))
+        sched.update(await scheduling(processes, window_end - now()))
+
     async with trio.open_nursery() as nursery:
+        if processes:
+            nursery.start_soon(watch_window)
         for index in range(inflight):
             nursery.start_soon(worker, index)
     return {
         "inflight": inflight,
         "throughput": window_ok / duration,
+        **({"sched": sched} if processes else {}),
         "p50_ms": _ms(percentile(latencies, 0.50)),
         "p99_ms": _ms(percentile(latencies, 0.99)),
         "samples": len(latencies),
@@ -386,11 +401,82 @@ async def drive(
     }
 
 
-async def load(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
-    """Writes: task ``i`` puts key ``k<i>`` over and over (``point``: inflight, size, ...)."""
+async def load(
+    backend: Any, leader: str, point: dict[str, Any], pids: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Writes: task ``i`` puts key ``k<i>`` over and over (``point``: inflight, size, ...).
+
+    With ``pids`` (each node's pid by address), the result says how this client process, the
+    leader and the followers spent the measured window on the CPUs (see ``scheduling``).
+    """
     write = backend.put_operation(leader, "v" * point["size"], point["timeout"])
-    result = await drive(point["inflight"], point["warmup"], point["duration"], write)
+    processes = None
+    if pids:
+        followers = [pid for address, pid in pids.items() if address != leader]
+        processes = {"client": os.getpid(), "leader": pids.get(leader, -1)}
+        processes.update({f"follower {n}": pid for n, pid in enumerate(followers, 1)})
+    result = await drive(point["inflight"], point["warmup"], point["duration"], write, processes)
     return {**result, "size": point["size"]}
+
+
+def scheduled_seconds(pid: int) -> tuple[float, float] | None:
+    """Seconds so far that a process's threads ran on a CPU and waited, runnable, for one
+    (Linux's ``/proc/PID/task/*/schedstat``); None where that cannot be read."""
+    running = waiting = 0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/schedstat") as stat:
+                fields = stat.read().split()
+            running, waiting = running + int(fields[0]), waiting + int(fields[1])
+        except (OSError, ValueError, IndexError):  # a thread may end meanwhile
+            continue
+    return running / 1e9, waiting / 1e9
+
+
+def idle_seconds() -> float | None:
+    """Seconds so far that all CPUs together were idle (idle and iowait in ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(value) for value in stat.readline().split()[1:]]
+        return (values[3] + values[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def scheduling(
+    processes: dict[str, int], seconds: float
+) -> dict[str, dict[str, float] | None]:
+    """How each process (name: pid) spent the next ``seconds``: the share of a core it ran
+    (``cpu``) and the share it spent runnable but waiting for a core (``waiting``); and, as
+    ``"idle"``, how many cores sat idle meanwhile (``cpu`` there).
+
+    A process that waits for a core while another sits idle is held back by the OS's
+    scheduler, not by its own work; one that runs nearly a whole core is the limit itself.
+    """
+    before = {name: scheduled_seconds(pid) for name, pid in processes.items()}
+    idle_before = idle_seconds()
+    started = now()
+    await trio.sleep(seconds)
+    elapsed = now() - started
+    idle_after = idle_seconds()
+    found: dict[str, dict[str, float] | None] = {"idle": None}
+    if idle_before is not None and idle_after is not None and elapsed > 0:
+        found["idle"] = {"cpu": (idle_after - idle_before) / elapsed, "waiting": 0.0}
+    for name, pid in processes.items():
+        first, last = before[name], scheduled_seconds(pid)
+        found[name] = (
+            None
+            if first is None or last is None or elapsed <= 0
+            else {
+                "cpu": (last[0] - first[0]) / elapsed,
+                "waiting": (last[1] - first[1]) / elapsed,
+            }
+        )
+    return found
 
 
 async def reads(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
@@ -633,7 +719,7 @@ async def _run(
     await trio.sleep(plan.get("settle", 0.0))
     for point in plan.get("points", []):
         leader = await find_leader(backend, addresses, now() + 10) or leader
-        result = await load(backend, leader, point)
+        result = await load(backend, leader, point, pids)
         # Every node's resident set after the point: it shows a node keeping what it should
         # have dropped (as the 1 KiB points did before 2709652), which throughput hides.
         result["node_rss_kb"] = [node_memory(pid)["rss_kb"] for pid in plan["pids"]]

@@ -609,7 +609,14 @@ def _median_unavailable(items: list[Any]) -> tuple[float | None, str]:
 def render(report: dict[str, Any]) -> str:
     """The Markdown report: a header, then a section per workload that was run."""
     lines = _render_header(report)
-    sections = (_render_writes, _render_connect, _render_reads, _render_leader_loss, _render_memory)
+    sections = (
+        _render_writes,
+        _render_cores,
+        _render_connect,
+        _render_reads,
+        _render_leader_loss,
+        _render_memory,
+    )
     for section in sections:
         lines += section(report)
     lines += _render_errors(report)
@@ -720,6 +727,53 @@ def _render_writes(report: dict[str, Any]) -> list[str]:
             f"| {_counts([p[c] for c in ('pso-default', 'pso-nobatch') if c in p])} |"
         )
     return lines
+
+
+CORES_INFLIGHT = [1, 8000]
+"""The write points whose use of the cores is shown: a sequential write, and the most in
+flight (where one client process has the most to do)."""
+
+
+def _render_cores(report: dict[str, Any]) -> list[str]:
+    """Per process, the share of a core it ran and waited, runnable, for one, during a write
+    point's measured window (the median round's); and how many cores sat idle meanwhile."""
+    rows = []
+    for size, inflight, p in _write_points(report):
+        if inflight not in CORES_INFLIGHT:
+            continue
+        best = _pso_best(p, inflight)
+        for config in ("ours-durable", best):
+            sched = (p.get(config) or {}).get("sched") if config else None
+            if not sched:
+                continue
+            followers = [sched.get(name) for name in ("follower 1", "follower 2")]
+            rows.append(
+                f"| {_write_point(size, inflight)} | {config} "
+                f"| {_sched_cell(sched.get('client'))} | {_sched_cell(sched.get('leader'))} "
+                f"| {', '.join(_sched_cell(f) for f in followers)} "
+                f"| {_fmt((sched.get('idle') or {}).get('cpu'), 2)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Where the cores went",
+        "",
+        "During the measured window of the median round, each process's share of a core on a "
+        "CPU / runnable but waiting for one (Linux `schedstat`, all its threads), and the "
+        "cores idle meanwhile. A process waiting for a core while one idles is held back by "
+        "the OS's scheduler; one running a whole core is the limit itself.",
+        "",
+        "| value | in flight | config | client | leader | followers | idle cores |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _sched_cell(share: dict[str, float] | None) -> str:
+    if not share:
+        return "n/a"
+    return f"{share['cpu']:.2f} / {share['waiting']:.2f}"
 
 
 def _write_points(report: dict[str, Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
