@@ -36,6 +36,7 @@ __all__ = [
     "apply_answer",
     "apply_outcome",
     "error_answer",
+    "leader_clock_ms",
     "respond",
     "session_entry_data",
     "submit_answer",
@@ -214,11 +215,12 @@ def apply_answer(request: Request, result: object, error: BaseException | None) 
     return respond(request, apply_outcome(result, error))
 
 
-def session_entry_data(body: bytes) -> bytes | None:
+def session_entry_data(body: bytes, time_ms: int | None = None) -> bytes | None:
     """The session entry for a "submit" request's body, or None if the body is malformed.
 
     The body is msgpack ``[client_id, sequence, command, first_outstanding?]``; the entry
-    also carries the leader's clock, by which sessions expire.
+    also carries the leader's clock (``time_ms``, now if not given), by which sessions
+    expire. The commands of one batch share one reading of the clock.
     """
     try:
         client_id, sequence, command, *rest = msgpack.unpackb(body)
@@ -226,13 +228,20 @@ def session_entry_data(body: bytes) -> bytes | None:
     except Exception:
         return None
     if (
-        not isinstance(client_id, str)
-        or not isinstance(command, bytes)
+        type(client_id) is not str
+        or type(command) is not bytes
         or not isinstance(sequence, int)
         or sequence < 1
     ):
         return None
-    return encode_command(client_id, sequence, first_outstanding, int(time.time() * 1000), command)
+    if time_ms is None:
+        time_ms = leader_clock_ms()
+    return encode_command(client_id, sequence, first_outstanding, time_ms, command)
+
+
+def leader_clock_ms() -> int:
+    """The leader's clock as session entries carry it (wall-clock milliseconds)."""
+    return int(time.time() * 1000)
 
 
 def submit_outcome(outcome: object, error: BaseException | None) -> tuple[bool, bytes]:

@@ -43,6 +43,7 @@ from ._answers import (
     apply_answer,
     apply_outcome,
     error_answer,
+    leader_clock_ms,
     respond,
     session_entry_data,
     submit_answer,
@@ -1360,7 +1361,8 @@ class RaftNode:
     def _session_commands(bodies: list[bytes]) -> list[bytes] | None:
         """The SESSION entries' data for the "submit" bodies of a batch; None if one is
         malformed."""
-        datas = [session_entry_data(body) for body in bodies]
+        time_ms = leader_clock_ms()
+        datas = [session_entry_data(body, time_ms) for body in bodies]
         return None if None in datas else cast(list[bytes], datas)
 
     def _fast_proposal(self, method: str, body: bytes) -> tuple[bytes, EntryKind] | None:

@@ -10,10 +10,10 @@ written into each entry, so every node agrees), are forgotten.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from typing import Any
 
 import msgpack
@@ -48,9 +48,6 @@ class _Session:
     a pass over a client's thousand results for every command it sends.
     Invariant: the same numbers as ``results``' keys."""
 
-    def forget_oldest(self) -> None:
-        del self.results[heapq.heappop(self.order)]
-
 
 def encode_command(
     client_id: str, sequence: int, first_outstanding: int, time_ms: int, command: bytes
@@ -73,32 +70,40 @@ class SessionTable:
 
     def apply(self, data: bytes, state_machine: StateMachine) -> tuple[Outcome, bool]:
         """Apply a session entry; return (its outcome, whether the command ran just now)."""
-        client_id, sequence, first_outstanding, time_ms, command = msgpack.unpackb(data)
-        self._clock_ms = max(self._clock_ms, time_ms)
-        self._expire()
+        # Every node runs this for every command a session client sends: the rules as in
+        # the model of tests/test_sessions.py, with no call or lookup that can be saved.
+        client_id, sequence, first_outstanding, time_ms, command = _unpackb(data)
+        clock = self._clock_ms
+        if time_ms > clock:
+            self._clock_ms = clock = time_ms
+        if clock - self._timeout_ms > self._seen_bound_ms:
+            self._expire()
         session = self._sessions.get(client_id)
         if session is None:
-            session = self._sessions[client_id] = _Session(last_seen_ms=self._clock_ms)
-            self._seen_bound_ms = min(self._seen_bound_ms, self._clock_ms)
-        session.last_seen_ms = self._clock_ms
-        if first_outstanding:
-            session.first_outstanding = max(session.first_outstanding, first_outstanding)
-            while session.order and session.order[0] < session.first_outstanding:
-                session.forget_oldest()
-        if sequence in session.results:
-            return session.results[sequence], False
-        kept = MAX_KEPT_RESULTS if session.first_outstanding else KEPT_RESULTS
-        if sequence < session.first_outstanding or (
-            session.results and sequence < session.order[0] and len(session.results) >= kept
-        ):
+            session = self._sessions[client_id] = _Session(last_seen_ms=clock)
+            self._seen_bound_ms = min(self._seen_bound_ms, clock)
+        session.last_seen_ms = clock
+        results = session.results
+        order = session.order
+        floor = session.first_outstanding
+        if first_outstanding > floor:
+            # The client no longer waits for anything below: forget those results.
+            session.first_outstanding = floor = first_outstanding
+            while order and order[0] < floor:
+                del results[heappop(order)]
+        found = results.get(sequence)  # an outcome is a tuple, never None
+        if found is not None:
+            return found, False
+        kept = MAX_KEPT_RESULTS if floor else KEPT_RESULTS
+        if sequence < floor or (results and sequence < order[0] and len(results) >= kept):
             raise StaleSequenceError(
                 f"client {client_id!r}: command {sequence} is older than the results kept"
             )
         outcome = _run(state_machine.apply, command)
-        session.results[sequence] = outcome
-        heapq.heappush(session.order, sequence)
-        if len(session.results) > kept:
-            session.forget_oldest()
+        results[sequence] = outcome
+        heappush(order, sequence)
+        if len(results) > kept:
+            del results[heappop(order)]
         return outcome, True
 
     def _expire(self) -> None:
@@ -146,13 +151,17 @@ class SessionTable:
         self._bound_seen()
 
 
+_unpackb = msgpack.unpackb
+_OK_NONE: Outcome = ("ok", None)
+
+
 def _run(apply: Callable[[bytes], object], command: bytes) -> Outcome:
     try:
         result = apply(command)
     except Exception as exc:
         return ("error", [type(exc).__name__, str(exc)])
     if result is None:
-        return ("ok", None)  # many commands answer nothing: no need to try packing it
+        return _OK_NONE  # many commands answer nothing: no need to try packing it
     try:
         packb(result)
     except (TypeError, ValueError, OverflowError):
