@@ -464,8 +464,9 @@ async def test_arguments_are_checked() -> None:
         assert client.client_id.startswith("client-")
         with pytest.raises(TypeError):
             await client.apply("text")  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="timeout"):
-            await client.apply(b"x", timeout=-1)
+        for bad in (-1, 0, -0.5, float("nan"), True, "1"):
+            with pytest.raises(ValueError, match="timeout"):
+                await client.apply(b"x", timeout=bad)  # type: ignore[arg-type]
 
 
 # -- Against a real in-memory cluster (RaftNode's request handler, sessions and forwarding) --
