@@ -235,6 +235,9 @@ class RaftNode:
         self._carried_ready: Ready | None = None
         """Work taken from the core that ``_flush_ready_now`` left to the ready loop."""
         self._persist_now = _inline_persister(storage)
+        self._now: Callable[[], float] = trio.current_time
+        """``trio.current_time``; once the node runs, its clock's own method: the same value
+        for one Python call instead of three, on every message delivered."""
         self._apply_signal = _Signal()
         self._applier_waiting = False
         # While the transport delivers a burst, work for the ready loop and the applier is
@@ -734,6 +737,7 @@ class RaftNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until cancelled. ``task_status.started()`` once it serves peers."""
+        self._now = trio.lowlevel.current_clock().current_time
         state = await self._storage.load()
         fresh = state.snapshot is None and not state.entries and state.hard_state.current_term == 0
         if fresh and self._members:
@@ -1162,7 +1166,7 @@ class RaftNode:
                     else:
                         replicator.commit_due = False  # asked for once, after the deadline
                         if core.commit_behind(peer):
-                            replicator.linger_commit(trio.current_time())
+                            replicator.linger_commit(self._now())
                         with trio.CancelScope(deadline=replicator.commit_deadline) as waiting:
                             replicator.waiting = waiting
                             try:
@@ -1649,7 +1653,7 @@ class RaftNode:
             )
             return
         self._in_burst = True
-        core.handle_message(sender, message, trio.current_time())
+        core.handle_message(sender, message, self._now())
         if core.role is Role.LEADER:
             self._progress_changed.set()
             self._progress_changed = trio.Event()
@@ -1757,7 +1761,7 @@ class RaftNode:
                 if replicator is not None:
                     self._send_appends_to(core, peer, replicator)
         answered.clear()
-        now = trio.current_time()
+        now = self._now()
         for peer, replicator in self._replicators.items():
             if core.commit_behind(peer):
                 replicator.linger_commit(now)
