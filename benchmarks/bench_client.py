@@ -376,7 +376,7 @@ async def drive(
                     errors.append(f"{kind}: {detail}")
                 await trio.sleep(0.001)
 
-    sched: dict[str, dict[str, float] | None] = {}
+    sched: dict[str, Any] = {}
 
     async def watch_window() -> None:
         assert processes is not None
@@ -447,12 +447,10 @@ def idle_seconds() -> float | None:
         return None
 
 
-async def scheduling(
-    processes: dict[str, int], seconds: float
-) -> dict[str, dict[str, float] | None]:
+async def scheduling(processes: dict[str, int], seconds: float) -> dict[str, Any]:
     """How each process (name: pid) spent the next ``seconds``: the share of a core it ran
-    (``cpu``) and the share it spent runnable but waiting for a core (``waiting``); and, as
-    ``"idle"``, how many cores sat idle meanwhile (``cpu`` there).
+    (``cpu``) and the share it spent runnable but waiting for a core (``waiting``), under
+    ``processes``; and how many cores sat idle meanwhile, as ``idle_cores``.
 
     A process that waits for a core while another sits idle is held back by the OS's
     scheduler, not by its own work; one that runs nearly a whole core is the limit itself.
@@ -463,9 +461,10 @@ async def scheduling(
     await trio.sleep(seconds)
     elapsed = now() - started
     idle_after = idle_seconds()
-    found: dict[str, dict[str, float] | None] = {"idle": None}
+    idle_cores = None
     if idle_before is not None and idle_after is not None and elapsed > 0:
-        found["idle"] = {"cpu": (idle_after - idle_before) / elapsed, "waiting": 0.0}
+        idle_cores = (idle_after - idle_before) / elapsed
+    found: dict[str, dict[str, float] | None] = {}
     for name, pid in processes.items():
         first, last = before[name], scheduled_seconds(pid)
         found[name] = (
@@ -476,7 +475,7 @@ async def scheduling(
                 "waiting": (last[1] - first[1]) / elapsed,
             }
         )
-    return found
+    return {"processes": found, "idle_cores": idle_cores}
 
 
 async def reads(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:

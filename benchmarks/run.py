@@ -746,12 +746,13 @@ def _render_cores(report: dict[str, Any]) -> list[str]:
             sched = (p.get(config) or {}).get("sched") if config else None
             if not sched:
                 continue
-            followers = [sched.get(name) for name in ("follower 1", "follower 2")]
+            shares = sched["processes"]
+            followers = [shares.get(name) for name in ("follower 1", "follower 2")]
             rows.append(
                 f"| {_write_point(size, inflight)} | {config} "
-                f"| {_sched_cell(sched.get('client'))} | {_sched_cell(sched.get('leader'))} "
+                f"| {_sched_cell(shares.get('client'))} | {_sched_cell(shares.get('leader'))} "
                 f"| {', '.join(_sched_cell(f) for f in followers)} "
-                f"| {_fmt((sched.get('idle') or {}).get('cpu'), 2)} |"
+                f"| {_fmt(sched['idle_cores'], 2)} |"
             )
     if not rows:
         return []

@@ -15,7 +15,6 @@ a definite answer (or the deadline, as ``OutcomeUnknownError``) ends the call.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -208,10 +207,9 @@ class _Attempts:
 def _check_timeout(timeout: object) -> float:
     if (type(timeout) is float or type(timeout) is int) and timeout > 0:
         return float(timeout)  # the common case, checked first: a positive number (not NaN)
+    # NaN fails "> 0" here too, so it needs no test of its own.
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError(f"timeout: must be a number > 0, got {timeout!r}")
-    if math.isnan(timeout):
-        raise ValueError("timeout: must be a number > 0, got nan")
     return float(timeout)
 
 

@@ -34,6 +34,11 @@ Outcome = tuple[str, Any]
 """("ok", result) or ("error", [exception type name, message]): what a command produced."""
 
 
+_unpackb = msgpack.unpackb
+_OK_NONE: Outcome = ("ok", None)
+"""The outcome of a command that answered nothing: one shared tuple, not one per command."""
+
+
 class StaleSequenceError(Exception):
     """A command whose result was already forgotten: the client retried far too late."""
 
@@ -149,10 +154,6 @@ class SessionTable:
             for client_id, last_seen, first_outstanding, results in sessions
         }
         self._bound_seen()
-
-
-_unpackb = msgpack.unpackb
-_OK_NONE: Outcome = ("ok", None)
 
 
 def _run(apply: Callable[[bytes], object], command: bytes) -> Outcome:
