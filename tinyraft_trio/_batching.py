@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import msgpack
 
-from ._wire import packb
+from ._wire import packb, request_frame_head
 
 __all__ = [
     "BATCH_METHOD_OF",
@@ -32,6 +32,8 @@ __all__ = [
     "decode_batch_body",
     "encode_batch_answer",
     "encode_batch_body",
+    "encode_batch_frame",
+    "new_batch_packer",
 ]
 
 BATCH_METHOD_OF = {"apply": "apply_batch", "submit": "submit_batch", "query": "query_batch"}
@@ -50,6 +52,32 @@ _BOOL_ONLY = {bool}
 def encode_batch_body(bodies: list[bytes]) -> bytes:
     body: bytes = packb(bodies)
     return body
+
+
+def new_batch_packer() -> msgpack.Packer:
+    """A packer for ``encode_batch_frame``: one per client, used from its event loop only
+    (between packing and ``reset`` it holds the batch, which another user would clobber)."""
+    return msgpack.Packer(use_bin_type=True, autoreset=False)
+
+
+def encode_batch_frame(
+    request_id: int, method: str, bodies: list[bytes], packer: msgpack.Packer
+) -> bytes:
+    """The frame of ``Request(request_id, method, encode_batch_body(bodies))``, as
+    ``encode_frame`` makes it, with each body copied once on the way: into the packer,
+    whose buffer goes into the frame as it is.
+
+    The plain way copies a batch three times (into a packer, out of it as the body, into
+    the frame) and allocates two buffers of its size, a megabyte for a thousand 1 KiB
+    requests, which this VM must fault in afresh more often than not. ``packer`` comes from
+    ``new_batch_packer`` and is left empty.
+    """
+    try:
+        packer.pack(bodies)
+        with packer.getbuffer() as body:
+            return b"".join((request_frame_head(request_id, method, len(body)), body))
+    finally:
+        packer.reset()
 
 
 def decode_batch_body(body: bytes) -> list[bytes] | None:

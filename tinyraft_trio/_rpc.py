@@ -22,9 +22,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
+import msgpack
 import trio
 
-from ._batching import BATCH_METHOD_OF, MAX_BATCH_REQUESTS, decode_batch_answer, encode_batch_body
+from ._batching import (
+    BATCH_METHOD_OF,
+    MAX_BATCH_REQUESTS,
+    decode_batch_answer,
+    encode_batch_frame,
+    new_batch_packer,
+)
 from ._config import parse_address
 from ._exceptions import RaftError
 from ._outbox import Outbox
@@ -332,14 +339,21 @@ class _Batch:
     then. Its members are ``_Call``s without frames; the batch's answer is split among them.
     """
 
-    __slots__ = ("bodies", "calls", "connection", "method", "request_id", "room")
+    __slots__ = ("bodies", "calls", "connection", "method", "packer", "request_id", "room")
 
     def __init__(
-        self, connection: _Connection, method: str, request_id: int, max_frame_bytes: int
+        self,
+        connection: _Connection,
+        method: str,
+        request_id: int,
+        max_frame_bytes: int,
+        packer: msgpack.Packer,
     ) -> None:
         self.connection = connection
         self.method = method
         self.request_id = request_id
+        self.packer = packer
+        """The client's own, for ``encode_batch_frame``."""
         self.calls: list[_Call] = []
         """Invariant: once encoded, exactly the calls sent, in the order sent."""
         self.bodies: list[bytes] = []
@@ -367,16 +381,14 @@ class _Batch:
         if not self.calls:
             connection.calls.pop(self.request_id, None)
             return b""
-        if len(self.calls) == 1:
-            request = Request(request_id=self.request_id, method=self.method, body=self.bodies[0])
-        else:
-            request = Request(
-                request_id=self.request_id,
-                method=BATCH_METHOD_OF[self.method],
-                body=encode_batch_body(self.bodies),
+        bodies, self.bodies = self.bodies, []
+        if len(bodies) == 1:
+            return encode_frame(
+                Request(request_id=self.request_id, method=self.method, body=bodies[0])
             )
-        self.bodies = []
-        return encode_frame(request)
+        return encode_batch_frame(
+            self.request_id, BATCH_METHOD_OF[self.method], bodies, self.packer
+        )
 
     def finish(self, response: object = None, failure: str | None = None) -> None:
         """Give each member its share of the batch's ``response`` (or the ``failure``)."""
@@ -488,6 +500,7 @@ class RpcClient:
         """Invariant: each connection here has one task in ``_nursery`` and no failure."""
         self._connects = 0
         self._deadlines = DeadlineTimer()
+        self._batch_packer = new_batch_packer()
 
     @property
     def client_id(self) -> str:
@@ -634,7 +647,9 @@ class RpcClient:
         batch = connection.batches.get(method)
         if batch is None or not batch.add(call, body):
             request_id = self._new_request_id()
-            batch = _Batch(connection, method, request_id, self._max_frame_bytes)
+            batch = _Batch(
+                connection, method, request_id, self._max_frame_bytes, self._batch_packer
+            )
             batch.add(call, body)
             connection.batches[method] = batch
             connection.calls[request_id] = batch

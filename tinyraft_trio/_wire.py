@@ -71,6 +71,7 @@ __all__ = [
     "decode_payload",
     "encode_frame",
     "encode_frame_pieces",
+    "request_frame_head",
 ]
 
 PROTOCOL_VERSION = 1
@@ -349,20 +350,35 @@ def _large_body_pieces(message: Request | Response) -> tuple[bytes, bytes]:
     """The same bytes as packing the whole message, as (everything before the body, body).
 
     Packing the fields would copy a large body into the packer's buffer and out again; a
-    client's batch of a thousand 1 KiB requests is such a body. Only the small head is
+    node's answer to a batch of a thousand requests is such a body. Only the small head is
     packed here.
     """
     body = message.body
     if isinstance(message, Request):
-        head = packb((8, message.request_id, message.method))
-    else:
-        head = packb((9, message.request_id, message.ok))
-    body_header = bin_header(len(body))
+        return request_frame_head(message.request_id, message.method, len(body)), body
+    head = packb((9, message.request_id, message.ok))
+    return _frame_head(head, len(body), "Response"), body
+
+
+def request_frame_head(request_id: int, method: str, body_size: int) -> bytes:
+    """What comes before a Request's body of ``body_size`` bytes in its frame: followed by
+    the body, the same bytes as ``encode_frame``. A sender that builds a large body in a
+    buffer of its own (a client's batch, in its packer) joins the two once, instead of
+    first copying the body out into bytes.
+
+    Raises:
+        ValueError: the request would not fit a frame (4 GiB).
+    """
+    return _frame_head(packb((8, request_id, method)), body_size, "Request")
+
+
+def _frame_head(head: bytes, body_size: int, what: str) -> bytes:
+    body_header = bin_header(body_size)
     # ``head`` is an array of three (one byte: 0x93); the frame's has the body as a fourth.
-    length = len(head) + len(body_header) + len(body)
+    length = len(head) + len(body_header) + body_size
     if length > _MAX_FRAME_LENGTH:
-        raise ValueError(f"{type(message).__name__} of {length} bytes does not fit a frame")
-    return b"".join((_HEADER.pack(length), b"\x94", head[1:], body_header)), body
+        raise ValueError(f"{what} of {length} bytes does not fit a frame")
+    return b"".join((_HEADER.pack(length), b"\x94", head[1:], body_header))
 
 
 # -- Decoding ------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from tinyraft_trio._batching import (
     decode_batch_answer,
     decode_batch_body,
     encode_batch_answer,
+    encode_batch_body,
+    encode_batch_frame,
+    new_batch_packer,
 )
 from tinyraft_trio._rpc import (
     Request,
@@ -25,7 +28,7 @@ from tinyraft_trio._rpc import (
     _Connection,
     open_rpc_client,
 )
-from tinyraft_trio._wire import FrameDecoder
+from tinyraft_trio._wire import FrameDecoder, encode_frame
 
 
 class BatchServer:
@@ -160,7 +163,7 @@ async def test_a_lost_connection_fails_every_caller_of_a_batch() -> None:
 def queued_batch(count: int) -> tuple[_Connection, _Batch, list[_Call]]:
     """A connection with a batch of ``count`` "apply" calls queued, as ``request`` leaves it."""
     connection = _Connection("127.0.0.1:1", math.inf)
-    batch = _Batch(connection, "apply", 77, max_frame_bytes=1 << 20)
+    batch = _Batch(connection, "apply", 77, max_frame_bytes=1 << 20, packer=new_batch_packer())
     connection.batches["apply"] = batch
     connection.calls[77] = batch
     calls = [_Call(math.inf, connection, n, frame=None) for n in range(count)]
@@ -225,11 +228,37 @@ def test_a_batch_whose_callers_all_gave_up_is_not_sent() -> None:
 
 def test_a_full_batch_takes_no_more() -> None:
     connection = _Connection("127.0.0.1:1", math.inf)
-    batch = _Batch(connection, "apply", 1, max_frame_bytes=4096)
+    batch = _Batch(connection, "apply", 1, max_frame_bytes=4096, packer=new_batch_packer())
     call = _Call(math.inf, connection, 2, frame=None)
     assert not batch.add(call, b"x" * 4000)  # beyond the frame's room
     assert batch.add(call, b"x" * 3000)
     assert not batch.add(call, b"x" * 1000)
-    batch = _Batch(connection, "apply", 3, max_frame_bytes=1 << 20)
+    batch = _Batch(connection, "apply", 3, max_frame_bytes=1 << 20, packer=new_batch_packer())
     assert all(batch.add(call, b"") for _ in range(MAX_BATCH_REQUESTS))
     assert not batch.add(call, b"")  # beyond the count
+
+
+@pytest.mark.parametrize(
+    ("count", "size"), [(2, 0), (3, 10), (15, 300), (16, 4096), (1000, 1024), (2, 70_000)]
+)
+def test_a_batch_frame_is_byte_for_byte_the_plainly_encoded_one(count: int, size: int) -> None:
+    """The frame built around the packer's buffer is what encoding the batch body and then
+    the request gives (array and bin headers of every size), and the packer is left empty
+    for the next batch."""
+    packer = new_batch_packer()
+    for request_id, method in ((5, "apply_batch"), (2**40 + 1, "query_batch")):
+        bodies = [bytes([n % 256]) * (size + n % 3) for n in range(count)]
+        expected = encode_frame(
+            Request(request_id=request_id, method=method, body=encode_batch_body(bodies))
+        )
+        assert encode_batch_frame(request_id, method, bodies, packer) == expected
+        assert len(packer.getbuffer()) == 0
+
+
+def test_a_batch_that_cannot_be_packed_leaves_the_packer_empty() -> None:
+    packer = new_batch_packer()
+    with pytest.raises(TypeError):
+        encode_batch_frame(1, "apply_batch", [b"a", object()], packer)  # type: ignore[list-item]
+    assert len(packer.getbuffer()) == 0
+    frame = encode_batch_frame(2, "apply_batch", [b"b", b"c"], packer)
+    assert decode_frame(frame).body == encode_batch_body([b"b", b"c"])
