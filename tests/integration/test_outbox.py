@@ -7,7 +7,7 @@ import trio
 import trio.testing
 from support import record_os_writes
 
-from tinyraft_trio._outbox import Outbox
+from tinyraft_trio._outbox import UNJOINED_FRAME_BYTES, Outbox
 
 
 async def read_exactly(stream: trio.SocketStream, size: int) -> bytes:
@@ -58,3 +58,50 @@ async def test_the_rest_of_a_frame_written_in_part_goes_first_and_cannot_be_disc
             outbox.put(b"next")
             assert await read_exactly(receiver, 14) == b"0123456789next"
             nursery.cancel_scope.cancel()
+
+
+class RecordingStream(trio.abc.SendStream):
+    """Records each ``send_all`` as one write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class CountedLaterFrame:
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.encoded = 0
+
+    def encode(self) -> bytes:
+        self.encoded += 1
+        return self.frame
+
+
+async def test_large_frames_are_written_alone_and_small_ones_joined() -> None:
+    """Joining would copy a large frame into a fresh buffer of its size: each frame of
+    UNJOINED_FRAME_BYTES or more goes in a write of its own, in order, encoded once."""
+    large = [bytes([n]) * UNJOINED_FRAME_BYTES for n in range(3)]
+    later = CountedLaterFrame(large[0])
+    outbox = Outbox()
+    for frame in (b"a", b"b", later, b"c", large[1], large[2], b"d", b"e"):
+        if isinstance(frame, bytes):
+            outbox.put(frame)
+        else:
+            outbox.put_later(frame)
+    stream = RecordingStream()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.pump, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert stream.writes == [b"ab", large[0], b"c", large[1], large[2], b"de"]
+    assert later.encoded == 1
