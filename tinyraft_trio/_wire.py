@@ -349,9 +349,8 @@ def _append_entries_pieces(message: AppendEntries) -> tuple[bytes, ...]:
 def _large_body_pieces(message: Request | Response) -> tuple[bytes, bytes]:
     """The same bytes as packing the whole message, as (everything before the body, body).
 
-    Packing the fields would copy a large body into the packer's buffer and out again; a
-    node's answer to a batch of a thousand requests is such a body. Only the small head is
-    packed here.
+    Packing the fields would copy a large body into the packer's buffer and out again (a
+    large command, a batch of queries' answers). Only the small head is packed here.
     """
     body = message.body
     if isinstance(message, Request):
