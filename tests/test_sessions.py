@@ -79,6 +79,37 @@ def test_the_table_answers_and_forgets_as_the_model_does(
         _check_against_model(table, machine, model, commands, restore_at)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            # Mostly > 0: the client's next command, maybe past a few that come later.
+            # Otherwise (<= 0): a late command, this far behind the newest: one skipped
+            # before (sent through a follower, which forwards it), or a retry.
+            st.one_of(st.integers(1, 3), st.integers(1, 3), st.integers(-60, 0)),
+            st.one_of(st.none(), st.integers(0, 100), st.integers(0, KEPT_RESULTS + 300)),
+        ),
+        max_size=3 * KEPT_RESULTS,
+    ),
+    st.integers(0, 3 * KEPT_RESULTS),
+)
+def test_commands_mostly_in_order_with_some_late_answer_as_the_model_does(
+    steps: list[tuple[int, int | None]], restore_at: int
+) -> None:
+    """The common arrival order, which the table keeps without a heap's comparisons, with
+    late commands mixed in, which it must still forget oldest first: each answer, and what
+    was applied, must be the model's. (``lag``: how far first_outstanding trails.)"""
+    commands, newest = [], 0
+    for step, lag in steps:
+        newest += max(step, 0)
+        sequence = max(1, newest + min(step, 0)) if step <= 0 else newest
+        commands.append((sequence, 0 if lag is None else max(0, newest - lag)))
+    table, machine, model = SessionTable(timeout_ms=10**9), RecordingStateMachine(), _ModelTable()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sessions, "MAX_KEPT_RESULTS", KEPT_RESULTS + 150)
+        _check_against_model(table, machine, model, commands, restore_at)
+
+
 def _check_against_model(
     table: SessionTable,
     machine: RecordingStateMachine,
@@ -94,6 +125,10 @@ def _check_against_model(
         got = _apply(table, machine, sequence, first_outstanding)
         want = model.apply(sequence, first_outstanding, f"cmd-{sequence}".encode())
         assert got == want, (position, sequence, first_outstanding)
+        # The same results kept, not only the same answers so far: one kept too long (or
+        # forgotten too soon) would show only when its command came again.
+        session = table._sessions.get("c1")
+        assert set(session.results if session else ()) == set(model.results), position
     assert machine.commands == model.applied
 
 

@@ -11,7 +11,7 @@ written into each entry, so every node agrees), are forgotten.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Any
@@ -48,10 +48,28 @@ class _Session:
     last_seen_ms: int
     results: dict[int, Outcome] = field(default_factory=dict)
     first_outstanding: int = 0
-    order: list[int] = field(default_factory=list)
-    """The sequences in ``results``, as a heap: the oldest is found, and forgotten, without
-    a pass over a client's thousand results for every command it sends.
-    Invariant: the same numbers as ``results``' keys."""
+    order: deque[int] = field(default_factory=deque)
+    """The sequences in ``results`` that came in increasing order, oldest first: a client
+    numbers its commands as it sends them, so nearly all of them."""
+    late: list[int] = field(default_factory=list)
+    """The others (each below the newest of ``order`` when it came), as a heap. The oldest
+    result is the older of the two fronts: found, and forgotten, without a pass over a
+    client's thousand results, nor a heap's comparisons for every command it sends.
+    Invariant: ``order`` and ``late`` hold together exactly ``results``' keys."""
+
+    def oldest(self) -> int:
+        """The lowest sequence with a result kept (there is one)."""
+        order, late = self.order, self.late
+        if late and (not order or late[0] < order[0]):
+            return late[0]
+        return order[0]
+
+    def forget_oldest(self) -> None:
+        order, late = self.order, self.late
+        if late and (not order or late[0] < order[0]):
+            del self.results[heappop(late)]
+        else:
+            del self.results[order.popleft()]
 
 
 def encode_command(
@@ -94,21 +112,33 @@ class SessionTable:
         if first_outstanding > floor:
             # The client no longer waits for anything below: forget those results.
             session.first_outstanding = floor = first_outstanding
-            while order and order[0] < floor:
-                del results[heappop(order)]
+            if session.late:
+                while results and session.oldest() < floor:
+                    session.forget_oldest()
+            else:
+                while order and order[0] < floor:
+                    del results[order.popleft()]
         found = results.get(sequence)  # an outcome is a tuple, never None
         if found is not None:
             return found, False
         kept = MAX_KEPT_RESULTS if floor else KEPT_RESULTS
-        if sequence < floor or (results and sequence < order[0] and len(results) >= kept):
+        if sequence < floor or (results and len(results) >= kept and sequence < session.oldest()):
             raise StaleSequenceError(
                 f"client {client_id!r}: command {sequence} is older than the results kept"
             )
-        outcome = _run(state_machine.apply, command)
+        try:
+            result = state_machine.apply(command)
+        except Exception as exc:
+            outcome: Outcome = ("error", [type(exc).__name__, str(exc)])
+        else:
+            outcome = _OK_NONE if result is None else _sendable(result)
         results[sequence] = outcome
-        heappush(order, sequence)
+        if not order or order[-1] < sequence:
+            order.append(sequence)
+        else:
+            heappush(session.late, sequence)
         if len(results) > kept:
-            del results[heappop(order)]
+            session.forget_oldest()
         return outcome, True
 
     def _expire(self) -> None:
@@ -149,20 +179,16 @@ class SessionTable:
                 last_seen_ms=last_seen,
                 first_outstanding=first_outstanding,
                 results={seq: (kind, value) for seq, kind, value in results},
-                order=sorted(seq for seq, _, _ in results),  # a sorted list is a heap
+                order=deque(sorted(seq for seq, _, _ in results)),
             )
             for client_id, last_seen, first_outstanding, results in sessions
         }
         self._bound_seen()
 
 
-def _run(apply: Callable[[bytes], object], command: bytes) -> Outcome:
-    try:
-        result = apply(command)
-    except Exception as exc:
-        return ("error", [type(exc).__name__, str(exc)])
-    if result is None:
-        return _OK_NONE  # many commands answer nothing: no need to try packing it
+def _sendable(result: object) -> Outcome:
+    """The outcome of a command that returned ``result`` (not None): an error if no answer
+    could carry it."""
     try:
         packb(result)
     except (TypeError, ValueError, OverflowError):
