@@ -71,6 +71,9 @@ def test_a_malformed_submit_body_has_no_session_entry() -> None:
         ["client-1", "7", b"command"],
         ["client-1", 7, "command-as-text"],
         ["client-1", 7, b"command", "not-a-number"],
+        ["client-1", 7, b"command", -1],
+        ["client-1", True, b"command"],
+        {"client-1": 7},
         ["client-1", 7],
     ):
         assert session_entry_data(msgpack.packb(fields), 1234) is None, fields

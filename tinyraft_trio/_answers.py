@@ -23,6 +23,8 @@ from ._rpc import Request, Response
 from ._sessions import encode_command
 from ._wire import packb
 
+_unpackb = msgpack.unpackb
+
 __all__ = [
     "BatchEntryReply",
     "BatchPart",
@@ -222,16 +224,22 @@ def session_entry_data(body: bytes, time_ms: int | None = None) -> bytes | None:
     also carries the leader's clock (``time_ms``, now if not given), by which sessions
     expire. The commands of one batch share one reading of the clock.
     """
+    # The leader runs this for every command a session client sends.
     try:
-        client_id, sequence, command, *rest = msgpack.unpackb(body)
-        first_outstanding = int(rest[0]) if rest else 0
+        fields = _unpackb(body)
     except Exception:
         return None
+    if type(fields) is not list or len(fields) < 3:
+        return None
+    client_id, sequence, command = fields[0], fields[1], fields[2]
+    first_outstanding = fields[3] if len(fields) > 3 else 0
     if (
         type(client_id) is not str
         or type(command) is not bytes
-        or not isinstance(sequence, int)
+        or type(sequence) is not int
         or sequence < 1
+        or type(first_outstanding) is not int
+        or first_outstanding < 0
     ):
         return None
     if time_ms is None:
