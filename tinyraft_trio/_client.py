@@ -40,6 +40,8 @@ from ._wire import packb
 
 __all__ = ["ClusterMemberStatus", "ClusterNodeStatus", "RaftClient", "connect"]
 
+_unpackb = msgpack.unpackb
+
 _BACKOFF_BASE = 0.01
 _BACKOFF_CAP = 0.5
 _MIN_ATTEMPT_TIMEOUT = 1.0
@@ -126,21 +128,35 @@ class _Attempts:
         "what",
     )
 
-    def __init__(self, client: RaftClient, what: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        client: RaftClient,
+        what: str,
+        seconds: float,
+        deadline: float,
+        first_address: str | None = None,
+    ) -> None:
+        """``first_address``: where the call's first attempt went, if it was made before
+        this was (``apply`` and ``query`` make their first attempt without one, and make
+        this only if that attempt settled nothing)."""
         self.client = client
         self.what = what
-        seconds = client._timeout if timeout is None else _check_timeout(timeout)
         self.seconds = seconds
-        self.deadline = client._now() + seconds
-        self.attempt_timeout = max(_MIN_ATTEMPT_TIMEOUT, seconds / 3)
-        self.tried: list[str] = []
+        self.deadline = deadline
+        self.attempt_timeout = _attempt_timeout(seconds)
+        self.tried: list[str] = [] if first_address is None else [first_address]
         self.last_reason = "no attempt was made"
         self.maybe_applied = False
         """Invariant: True once any attempt may have reached a node that could carry it out."""
         self.unknown_reason = ""
         self._failures = 0
-        self._next: str | None = client._preferred_address()
+        self._next: str | None = None if first_address is not None else client._leader_address
         self._hinted = False
+
+    @classmethod
+    def start(cls, client: RaftClient, what: str, timeout: float | None) -> _Attempts:
+        seconds = client._call_seconds(timeout)
+        return cls(client, what, seconds, client._now() + seconds)
 
     def address(self) -> str:
         address = self._next if self._next is not None else self.client._next_address()
@@ -204,6 +220,12 @@ class _Attempts:
         return self.outcome_unknown() if self.maybe_applied else self.unavailable()
 
 
+def _attempt_timeout(seconds: float) -> float:
+    """How long one attempt of a call of ``seconds`` may wait: a third of the call (at least
+    a second), so a node that never answers leaves time to try the others."""
+    return min(seconds, max(_MIN_ATTEMPT_TIMEOUT, seconds / 3))
+
+
 def _check_timeout(timeout: object) -> float:
     if (type(timeout) is float or type(timeout) is int) and timeout > 0:
         return float(timeout)  # the common case, checked first: a positive number (not NaN)
@@ -226,7 +248,7 @@ def _decode_answer(response: Response) -> list[object]:
         ValueError: an ``ok=True`` body that is not a msgpack array starting with a string.
     """
     try:
-        answer = msgpack.unpackb(response.body, raw=False)
+        answer = _unpackb(response.body)
     except (ValueError, msgpack.UnpackException):
         if response.ok:
             raise
@@ -291,8 +313,8 @@ class RaftClient:
 
     # -- where to send ------------------------------------------------------------------
 
-    def _preferred_address(self) -> str | None:
-        return self._leader_address
+    def _call_seconds(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else _check_timeout(timeout)
 
     def _next_address(self) -> str:
         address = self._addresses[self._round_robin % len(self._addresses)]
@@ -328,7 +350,8 @@ class RaftClient:
         """
         if type(command) is not bytes:
             raise TypeError(f"command: expected bytes, got {type(command).__name__}")
-        attempts = _Attempts(self, "apply", timeout)
+        seconds = self._call_seconds(timeout)
+        deadline = self._now() + seconds
         sequence = self._next_sequence
         self._next_sequence += 1
         self._outstanding.add(sequence)
@@ -337,7 +360,22 @@ class RaftClient:
             # The lowest sequence still waiting lets the cluster forget older results.
             first_outstanding = self._first_outstanding()
             body = packb([self.client_id, sequence, command, first_outstanding])
-            return await self._run(attempts, "submit", body)
+            # The first attempt is made here rather than in _run, and the retry state made
+            # only if it settles nothing: per call, in the common case of one attempt, a
+            # coroutine and an object less to create, pass through and tear down.
+            address = self._leader_address or self._next_address()
+            try:
+                reply: Response | TransportError = await self._rpc.request(
+                    address, "submit", body, timeout=_attempt_timeout(seconds)
+                )
+            except TransportError as exc:
+                reply = exc
+            done, result = self._result_of(address, reply)
+            if done:
+                return result
+            attempts = _Attempts(self, "apply", seconds, deadline, address)
+            self._note(attempts, address, reply)
+            return await self._run(attempts, "submit", body, retry=True)
         finally:
             self._outstanding.discard(sequence)
 
@@ -374,9 +412,22 @@ class RaftClient:
         """
         if type(query) is not bytes:
             raise TypeError(f"query: expected bytes, got {type(query).__name__}")
-        attempts = _Attempts(self, "query", timeout)
-        body: bytes = msgpack.packb([query, bool(stale)], use_bin_type=True)
-        return await self._run(attempts, "query", body, read_only=True)
+        seconds = self._call_seconds(timeout)
+        deadline = self._now() + seconds
+        body: bytes = packb([query, bool(stale)])
+        address = self._leader_address or self._next_address()  # the first attempt, as in apply
+        try:
+            reply: Response | TransportError = await self._rpc.request(
+                address, "query", body, timeout=_attempt_timeout(seconds)
+            )
+        except TransportError as exc:
+            reply = exc
+        done, result = self._result_of(address, reply)
+        if done:
+            return result
+        attempts = _Attempts(self, "query", seconds, deadline, address)
+        self._note(attempts, address, reply, read_only=True)
+        return await self._run(attempts, "query", body, read_only=True, retry=True)
 
     async def status(self) -> list[ClusterNodeStatus]:
         """Ask every address for its node's status, concurrently; one entry per answer.
@@ -422,7 +473,7 @@ class RaftClient:
         """
         parse_address(address, field_name="address")
         body: bytes = msgpack.packb(["add", node_id, address, bool(voter)])
-        attempts = _Attempts(self, f"add member {node_id!r}", timeout)
+        attempts = _Attempts.start(self, f"add member {node_id!r}", timeout)
         await self._run(attempts, "members", body, failed=MembershipChangeError)
 
     async def remove_member(self, node_id: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
@@ -436,7 +487,7 @@ class RaftClient:
             ClusterUnavailableError: no node accepted it in time; nothing changed.
         """
         body: bytes = msgpack.packb(["remove", node_id])
-        attempts = _Attempts(self, f"remove member {node_id!r}", timeout)
+        attempts = _Attempts.start(self, f"remove member {node_id!r}", timeout)
         await self._run(attempts, "members", body, failed=MembershipChangeError)
 
     async def transfer_leadership(
@@ -455,7 +506,7 @@ class RaftClient:
             ClusterUnavailableError: no node accepted the request in time.
         """
         body: bytes = msgpack.packb(["transfer", to])
-        attempts = _Attempts(self, "transfer leadership", timeout)
+        attempts = _Attempts.start(self, "transfer leadership", timeout)
         result = await self._run(attempts, "members", body, failed=LeadershipTransferError)
         return _text(result)
 
@@ -469,66 +520,100 @@ class RaftClient:
         *,
         read_only: bool = False,
         failed: type[RaftError] | None = None,
+        retry: bool = False,
     ) -> object:
-        """Send until a definite answer; ``failed`` turns a "failed" answer into that error."""
+        """Send until a definite answer; ``failed`` turns a "failed" answer into that error.
+
+        ``retry``: the first attempt was made already (and settled nothing): back off first.
+        """
         while True:
+            if retry and not await attempts.backoff():
+                raise attempts.give_up()
+            retry = True
             remaining = attempts.remaining()
             if remaining <= 0:
                 raise attempts.give_up()
             address = attempts.address()
             try:
-                response = await self._rpc.request(
+                reply: Response | TransportError = await self._rpc.request(
                     address, method, body, timeout=min(remaining, attempts.attempt_timeout)
                 )
-                answer = _decode_answer(response)
             except TransportError as exc:
-                if _never_sent(exc) or read_only:
-                    attempts.refused(address, exc.reason)
-                else:
-                    attempts.unknown(address, exc.reason)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                if read_only:
-                    attempts.refused(address, f"bad answer: {exc}")
-                else:
-                    attempts.unknown(address, f"bad answer: {exc}")
+                reply = exc
+            done, result = self._result_of(address, reply)
+            if done:
+                return result
+            self._note(attempts, address, reply, read_only, failed)
+
+    def _result_of(self, address: str, reply: Response | TransportError) -> tuple[bool, object]:
+        """``(True, result)`` if ``reply`` is a definite "ok" answer; else ``(False, None)``,
+        and ``_note`` makes sense of it."""
+        if type(reply) is not Response or not reply.ok:
+            return False, None
+        try:
+            answer = _unpackb(reply.body)
+        except Exception:
+            return False, None
+        if type(answer) is not list or len(answer) < 2 or answer[0] != "ok":
+            return False, None
+        # A follower that forwarded the command names the leader after the result.
+        hint = answer[2] if len(answer) > 2 else None
+        self._leader_address = hint if type(hint) is str and hint else address
+        return True, answer[1]
+
+    def _note(
+        self,
+        attempts: _Attempts,
+        address: str,
+        reply: Response | TransportError,
+        read_only: bool = False,
+        failed: type[RaftError] | None = None,
+    ) -> None:
+        """Take note of a reply that is not a definite "ok" answer, for the next attempt;
+        raise the error that ends the call, if it is one."""
+        if isinstance(reply, TransportError):
+            if read_only or _never_sent(reply):
+                attempts.refused(address, reply.reason)
             else:
-                kind = answer[0]
-                if kind == "ok" and len(answer) >= 2:
-                    # A follower that forwarded the command names the leader after the result.
-                    hint = answer[2] if len(answer) > 2 else None
-                    self._leader_address = hint if isinstance(hint, str) and hint else address
-                    return answer[1]
-                if kind == "error" and len(answer) >= 3:
-                    self._leader_address = address
-                    raise CommandFailedError(_text(answer[1]), _text(answer[2]))
-                if kind == "not_leader":
-                    leader_id = answer[1] if len(answer) > 1 else None
-                    leader_address = answer[2] if len(answer) > 2 else None
-                    attempts.refused(
-                        address,
-                        "not the leader; no leader known"
-                        if leader_id is None
-                        else f"not the leader; the leader is {leader_id!r}",
-                    )
-                    if isinstance(leader_address, str):
-                        attempts.hint(address, leader_address)
-                elif kind == "failed":
-                    reason = _text(answer[1] if len(answer) > 1 else "failed")
-                    if failed is not None:
-                        # A membership change has no session: a refusal after an attempt
-                        # that may have gone through (e.g. "already a member") says nothing
-                        # about that attempt.
-                        if attempts.maybe_applied:
-                            attempts.last_reason = f"{address}: {reason}"
-                            raise attempts.outcome_unknown()
-                        raise failed(reason)
-                    attempts.refused(address, reason)
-                elif kind == "unknown" and not read_only:
-                    attempts.unknown(address, _text(answer[1] if len(answer) > 1 else ""))
-                else:
-                    attempts.refused(address, f"answered {answer!r}")
-            if not await attempts.backoff():
-                raise attempts.give_up()
+                attempts.unknown(address, reply.reason)
+            return
+        try:
+            answer = _decode_answer(reply)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            if read_only:
+                attempts.refused(address, f"bad answer: {exc}")
+            else:
+                attempts.unknown(address, f"bad answer: {exc}")
+            return
+        kind = answer[0]
+        if kind == "error" and len(answer) >= 3:
+            self._leader_address = address
+            raise CommandFailedError(_text(answer[1]), _text(answer[2]))
+        if kind == "not_leader":
+            leader_id = answer[1] if len(answer) > 1 else None
+            leader_address = answer[2] if len(answer) > 2 else None
+            attempts.refused(
+                address,
+                "not the leader; no leader known"
+                if leader_id is None
+                else f"not the leader; the leader is {leader_id!r}",
+            )
+            if isinstance(leader_address, str):
+                attempts.hint(address, leader_address)
+        elif kind == "failed":
+            reason = _text(answer[1] if len(answer) > 1 else "failed")
+            if failed is not None:
+                # A membership change has no session: a refusal after an attempt that may
+                # have gone through (e.g. "already a member") says nothing about that attempt.
+                if attempts.maybe_applied:
+                    attempts.last_reason = f"{address}: {reason}"
+                    raise attempts.outcome_unknown()
+                raise failed(reason)
+            attempts.refused(address, reason)
+        elif kind == "unknown" and not read_only:
+            attempts.unknown(address, _text(answer[1] if len(answer) > 1 else ""))
+        else:
+            attempts.refused(address, f"answered {answer!r}")
 
 
 def _parse_status(address: str, body: bytes) -> ClusterNodeStatus:

@@ -322,6 +322,28 @@ async def test_outcome_unknown_when_the_leader_is_cut_off_after_the_request_is_s
         assert cluster.commands == []
 
 
+async def test_a_call_shorter_than_an_attempt_still_ends_at_its_own_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An attempt waits a third of the call, but at least a second; a call of 0.4 s whose
+    first attempt goes to a leader that never answers still ends after 0.4 s, not 1 s."""
+    async with fake_cluster() as cluster, client_of(cluster, call_timeout=5.0) as client:
+
+        async def hang(node_id: str, requester: str, request: Request) -> Response:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        cluster.handle = hang  # type: ignore[method-assign]
+        start = trio.current_time()
+        with pytest.raises(OutcomeUnknownError):
+            await client.apply(b"hangs", timeout=0.4)
+        assert trio.current_time() - start == pytest.approx(0.4, abs=0.05)
+        start = trio.current_time()
+        with pytest.raises(ClusterUnavailableError):  # a query has no outcome to be unsure of
+            await client.query(b"hangs too", timeout=0.4)
+        assert trio.current_time() - start == pytest.approx(0.4, abs=0.05)
+
+
 async def test_outcome_unknown_after_an_unknown_answer_then_only_refusals(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
