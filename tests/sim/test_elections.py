@@ -7,6 +7,7 @@ import trio
 from tinyraft_trio import Role
 from tinyraft_trio.testing import open_memory_cluster
 from tinyraft_trio.testing._cluster import MemoryCluster
+from tinyraft_trio.testing._network import MemoryNetwork
 
 
 async def test_three_nodes_elect_one_leader(autojump_clock: trio.testing.MockClock) -> None:
@@ -45,6 +46,25 @@ async def test_followers_campaign_soon_when_their_leaders_connection_closes(
             3, seed=seed, election_timeout=5.0, heartbeat_interval=0.1
         ) as cluster:
             assert await failover_time(cluster) < 0.5
+
+
+async def test_followers_that_campaign_soon_do_not_split_the_vote(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Both followers of a crashed 3-node leader see its connection close at once. Were their
+    early campaigns only jittered, those starting within a vote round of each other would
+    split the vote (each votes for itself), and the cluster would wait a whole election
+    timeout (5 s here) for the next try. Messages take 1-3 ms, so a round takes several."""
+    slow = []
+    for seed in range(40):
+        network = MemoryNetwork(seed=seed, delay=(0.001, 0.003))
+        async with open_memory_cluster(
+            3, seed=seed, network=network, election_timeout=5.0, heartbeat_interval=0.1
+        ) as cluster:
+            took = await failover_time(cluster)
+            if took >= 0.5:
+                slow.append((seed, took))
+    assert slow == []
 
 
 async def test_in_lease_read_mode_followers_wait_out_the_election_timeout(
