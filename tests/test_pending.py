@@ -88,6 +88,24 @@ async def test_a_shorter_deadline_added_later_is_kept(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_longer_deadline_added_later_does_not_delay_the_earlier(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    timer = DeadlineTimer()
+    quick, slow = RecordingCall(deadline=start + 1), RecordingCall(deadline=start + 100)
+    woke: list[tuple[float, PendingCall]] = []
+    async with trio.open_nursery() as nursery:
+        timer.watch(quick, nursery)
+        nursery.start_soon(wait_and_record, quick, woke)
+        await trio.sleep(0.5)  # the timer now sleeps until the quick call's deadline
+        timer.watch(slow, nursery)
+        nursery.start_soon(wait_and_record, slow, woke)
+        await trio.sleep(1)
+        assert woke == [(start + 1, quick)]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_cancelled_caller_abandons_its_call(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
