@@ -68,41 +68,24 @@ async def test_a_call_expires_at_its_deadline_and_is_abandoned(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_shorter_deadline_added_later_is_kept(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize(("first", "second"), [(100, 1), (1, 100)])
+async def test_a_deadline_watched_while_the_timer_sleeps_keeps_every_deadline(
+    first: float, second: float, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """Watched while the timer sleeps until the first call's deadline: a shorter deadline
+    wakes it earlier, and a longer one does not delay the first call's."""
     start = trio.current_time()
     timer = DeadlineTimer()
-    slow, quick = RecordingCall(deadline=start + 100), RecordingCall(deadline=start + 1)
+    one, two = RecordingCall(deadline=start + first), RecordingCall(deadline=start + second)
     woke: list[tuple[float, PendingCall]] = []
     async with trio.open_nursery() as nursery:
-        timer.watch(slow, nursery)
-        nursery.start_soon(wait_and_record, slow, woke)
-        await trio.sleep(0.5)  # the timer now sleeps until the slow call's deadline
-        timer.watch(quick, nursery)
-        nursery.start_soon(wait_and_record, quick, woke)
-        await trio.sleep(1)
-        assert woke == [(start + 1, quick)]
-        await trio.sleep(100)
-        assert woke == [(start + 1, quick), (start + 100, slow)]
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_longer_deadline_added_later_does_not_delay_the_earlier(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    start = trio.current_time()
-    timer = DeadlineTimer()
-    quick, slow = RecordingCall(deadline=start + 1), RecordingCall(deadline=start + 100)
-    woke: list[tuple[float, PendingCall]] = []
-    async with trio.open_nursery() as nursery:
-        timer.watch(quick, nursery)
-        nursery.start_soon(wait_and_record, quick, woke)
-        await trio.sleep(0.5)  # the timer now sleeps until the quick call's deadline
-        timer.watch(slow, nursery)
-        nursery.start_soon(wait_and_record, slow, woke)
-        await trio.sleep(1)
-        assert woke == [(start + 1, quick)]
+        timer.watch(one, nursery)
+        nursery.start_soon(wait_and_record, one, woke)
+        await trio.sleep(0.5)  # the timer now sleeps until the first call's deadline
+        timer.watch(two, nursery)
+        nursery.start_soon(wait_and_record, two, woke)
+        await trio.sleep(200)
+        assert woke == sorted([(start + first, one), (start + second, two)], key=lambda w: w[0])
         nursery.cancel_scope.cancel()
 
 
