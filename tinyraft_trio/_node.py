@@ -763,6 +763,12 @@ class RaftNode:
             snapshot=state.snapshot,
             entries=state.entries,
         )
+        if (
+            state.snapshot is not None
+            and state.entries
+            and core.log.last_index < core.log.first_index
+        ):
+            await self._discard_stale_log(state.snapshot.index, state.entries[-1].index)
         if state.snapshot is not None:
             if state.snapshot.index > 0:
                 # Restart: the state machine resumes from the snapshot, the log replays after.
@@ -829,6 +835,28 @@ class RaftNode:
             self._election_deadline = trio.current_time() + self._random_election_timeout()
             core.election_timeout()
             self._after_core()
+
+    async def _discard_stale_log(self, snapshot_index: Index, stored_last: Index) -> None:
+        """Drop the stored log that the stored snapshot makes stale, before anything is
+        appended after the snapshot (which would otherwise leave a gap after it).
+
+        A node may apply committed entries before its own write of them is durable, and
+        snapshot them; a crash can then keep the snapshot and tear the write, so the stored
+        log ends before the snapshot's last entry (or holds another term there: a crash
+        between saving a received snapshot and truncating the log). The core then starts
+        from the snapshot alone (``_recover_log``). The entries after the snapshot's index
+        go first, then those up to it: a crash in between leaves entries that still end at
+        or before the snapshot's index, which the next start discards again.
+        """
+        logger.info(
+            "%s: the stored log (up to %d) is stale behind the snapshot at %d: discarding it",
+            self.id,
+            stored_last,
+            snapshot_index,
+        )
+        if stored_last > snapshot_index:
+            await self._storage.persist(hard_state=None, first_index=snapshot_index + 1, entries=())
+        await self._storage.compact(snapshot_index)
 
     async def _run_ready_loop(self) -> None:
         """Persist what the core changed, and only then send the messages depending on it."""

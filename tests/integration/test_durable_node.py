@@ -9,6 +9,7 @@ import trio
 from support import free_port
 
 from tinyraft_trio import DataDirLockedError, RaftConfig, StorageCorruptedError, open_raft_node
+from tinyraft_trio._storage._file import FileStorage
 from tinyraft_trio.testing import RecordingStateMachine
 
 
@@ -46,6 +47,33 @@ async def test_restart_recovers_log_snapshot_and_state(tmp_path: Path) -> None:
             status = node.status()
             assert status.term > before.term
             assert second.commands == [*first.commands, b"after restart"]
+
+
+async def test_a_data_dir_whose_snapshot_is_ahead_of_its_log_restarts_and_appends(
+    tmp_path: Path,
+) -> None:
+    """A crash can keep a snapshot and tear the log write before it (see the simulation
+    test of the same name): the stale log is dropped at start, and appending after the
+    snapshot works, now and after another restart."""
+    with trio.fail_after(20):
+        async with open_raft_node(durable_config(tmp_path), RecordingStateMachine()) as node:
+            await node.wait_for_leader()
+            for i in range(100):
+                await node.apply(f"c{i}".encode())
+        storage = FileStorage(tmp_path)
+        state = await storage.load()
+        assert state.snapshot is not None and state.entries
+        snapshot_index = state.snapshot.index
+        assert state.entries[0].index < snapshot_index - 1
+        # The torn write: the log ends two entries before the snapshot's index.
+        await storage.persist(hard_state=None, first_index=snapshot_index - 1, entries=())
+        await storage.close()
+        for attempt in range(2):
+            machine = RecordingStateMachine()
+            async with open_raft_node(durable_config(tmp_path), machine) as node:
+                await node.wait_for_leader()
+                await node.apply(f"after restart {attempt}".encode())
+                assert machine.commands[-1] == f"after restart {attempt}".encode()
 
 
 async def test_second_node_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
