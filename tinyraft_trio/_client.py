@@ -137,8 +137,8 @@ class _Attempts:
         first_address: str | None = None,
     ) -> None:
         """``first_address``: where the call's first attempt went, if it was made before
-        this was (``apply`` and ``query`` make their first attempt without one, and make
-        this only if that attempt settled nothing)."""
+        this was (``apply`` makes its first attempt without one, and makes this only if
+        that attempt settled nothing)."""
         self.client = client
         self.what = what
         self.seconds = seconds
@@ -412,22 +412,9 @@ class RaftClient:
         """
         if type(query) is not bytes:
             raise TypeError(f"query: expected bytes, got {type(query).__name__}")
-        seconds = self._call_seconds(timeout)
-        deadline = self._now() + seconds
+        attempts = _Attempts.start(self, "query", timeout)
         body: bytes = packb([query, bool(stale)])
-        address = self._leader_address or self._next_address()  # the first attempt, as in apply
-        try:
-            reply: Response | TransportError = await self._rpc.request(
-                address, "query", body, timeout=_attempt_timeout(seconds)
-            )
-        except TransportError as exc:
-            reply = exc
-        done, result = self._result_of(address, reply)
-        if done:
-            return result
-        attempts = _Attempts(self, "query", seconds, deadline, address)
-        self._note(attempts, address, reply, read_only=True)
-        return await self._run(attempts, "query", body, read_only=True, retry=True)
+        return await self._run(attempts, "query", body, read_only=True)
 
     async def status(self) -> list[ClusterNodeStatus]:
         """Ask every address for its node's status, concurrently; one entry per answer.

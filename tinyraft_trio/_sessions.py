@@ -65,11 +65,11 @@ class _Session:
         return order[0]
 
     def forget_oldest(self) -> None:
-        order, late = self.order, self.late
-        if late and (not order or late[0] < order[0]):
+        late = self.late
+        if late and late[0] == self.oldest():  # a sequence is in one of the two, never both
             del self.results[heappop(late)]
         else:
-            del self.results[order.popleft()]
+            del self.results[self.order.popleft()]
 
 
 def encode_command(
