@@ -14,10 +14,10 @@ files of checksummed records, and small state files replaced atomically. Layout:
                   records [u32 length][u32 crc32 of payload][payload], one per entry, with
                   payload = msgpack [term, index, kind, data]
 
-Integers are big-endian; checksums are CRC-32 (zlib). ``hardstate`` and ``snapshot`` are
-replaced atomically: written to ``NAME.tmp`` in the same directory, fsynced, renamed over
-``NAME``, and the directory fsynced, so a crash leaves the old or the new file, never a mix. A
-leftover ``NAME.tmp`` is removed on start.
+Integers are big-endian; checksums are zlib's CRC-32 (see ``_checksum``). ``hardstate`` and
+``snapshot`` are replaced atomically: written to ``NAME.tmp`` in the same directory, fsynced,
+renamed over ``NAME``, and the directory fsynced, so a crash leaves the old or the new file,
+never a mix. A leftover ``NAME.tmp`` is removed on start.
 
 The log only appends and truncates. Appending writes a batch of entries to the last segment
 with one ``write()`` and one ``fdatasync()`` (group commit), starting a new segment when the
@@ -60,7 +60,6 @@ import re
 import struct
 import sys
 import time
-import zlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,6 +81,7 @@ from .._core._types import (
 from .._exceptions import RaftError
 from .._wire import entry_head
 from ._base import PersistentState
+from ._checksum import crc32
 
 logger = logging.getLogger("tinyraft_trio.storage")
 
@@ -368,7 +368,7 @@ def _lock_holder(fd: int) -> int | None:
 
 def _encode_hard_state(hard_state: HardState) -> bytes:
     body: bytes = msgpack.packb([hard_state.current_term, hard_state.voted_for], use_bin_type=True)
-    return _FILE_HEADER.pack(_HARD_STATE_MAGIC, _FORMAT_VERSION, zlib.crc32(body)) + body
+    return _FILE_HEADER.pack(_HARD_STATE_MAGIC, _FORMAT_VERSION, crc32(body)) + body
 
 
 def _check_file_header(
@@ -399,7 +399,7 @@ def _read_hard_state(path: str, data_dir: str) -> HardState:
         return HardState()
     crc, start = _check_file_header(raw, _HARD_STATE_MAGIC, path, data_dir)
     body = raw[start:]
-    if zlib.crc32(body) != crc:
+    if crc32(body) != crc:
         raise StorageCorruptedError(path, None, "checksum mismatch", data_dir=data_dir)
     try:
         value = msgpack.unpackb(body, raw=False)
@@ -462,13 +462,13 @@ def _read_snapshot_meta(path: str, data_dir: str) -> tuple[SnapshotMeta, int] | 
         crc, start = _check_file_header(head, _SNAPSHOT_MAGIC, path, data_dir)
         if len(head) < start + _META_LENGTH.size:
             raise StorageCorruptedError(path, None, "file too short", data_dir=data_dir)
-        running = zlib.crc32(head[start:])
+        running = crc32(head[start:])
         (meta_length,) = _META_LENGTH.unpack_from(head, start)
         meta_raw = file.read(meta_length)
-        running = zlib.crc32(meta_raw, running)
+        running = crc32(meta_raw, running)
         data_length = 0
         while chunk := file.read(_READ_CHUNK):
-            running = zlib.crc32(chunk, running)
+            running = crc32(chunk, running)
             data_length += len(chunk)
     if running != crc:
         raise StorageCorruptedError(path, None, "checksum mismatch", data_dir=data_dir)
@@ -670,8 +670,8 @@ def _scan_segment(
     # Hoisted names: this loop runs once per stored entry on every start.
     header_size = _RECORD_HEADER.size
     unpack_header = _RECORD_HEADER.unpack_from
-    crc32 = zlib.crc32
     decode = _decode_payload
+    checksum = crc32
     append_offset = segment.offsets.append
     append_entry = entries.append if entries is not None else None
     while position < size:
@@ -689,7 +689,7 @@ def _scan_segment(
                     f"record of {length} bytes runs past the end of the file "
                     f"({size - start} bytes left)"
                 )
-            elif crc32(view[start:end]) != crc:
+            elif checksum(view[start:end]) != crc:
                 problem = "record checksum mismatch"
         if problem is not None:
             if buffer.count(0, position) == size - position:
@@ -736,7 +736,7 @@ def _parse_record(buffer: bytes, position: int) -> tuple[int, Index] | None:
     if length == 0 or end > len(buffer):
         return None
     payload = memoryview(buffer)[start:end]
-    if zlib.crc32(payload) != crc:
+    if crc32(payload) != crc:
         return None
     try:
         _, index, _, _ = _decode_payload(payload)
@@ -1184,17 +1184,17 @@ class FileStorage:
         pack = self._packer.pack
         header = _RECORD_HEADER.pack
         limit = self.segment_bytes
-        crc32 = zlib.crc32
+        checksum = crc32
         for entry in entries:
             entry_data = entry.data
             if len(entry_data) < _LARGE_DATA_BYTES:
                 payload = pack([entry.term, entry.index, entry.kind, entry_data])  # IntEnum kind
-                length, crc, entry_data = len(payload), crc32(payload), b""
+                length, crc, entry_data = len(payload), checksum(payload), b""
             else:
                 # The same payload as packing it whole, its data not copied into the packer.
                 payload = entry_head(entry.term, entry.index, entry.kind, len(entry_data))
                 length = len(payload) + len(entry_data)
-                crc = crc32(entry_data, crc32(payload))
+                crc = checksum(entry_data, checksum(payload))
             if current_size and current_size + _RECORD_HEADER.size + length > limit:
                 batches.append((current_first, current_new, records, offsets))
                 current_first, current_new, current_size = entry.index, True, 0
@@ -1275,7 +1275,7 @@ class FileStorage:
         assert self._dir_fd is not None
         meta_raw = _encode_snapshot_meta(meta)
         rest_head = _META_LENGTH.pack(len(meta_raw))
-        crc = zlib.crc32(data, zlib.crc32(meta_raw, zlib.crc32(rest_head)))
+        crc = crc32(data, crc32(meta_raw, crc32(rest_head)))
         header = _FILE_HEADER.pack(_SNAPSHOT_MAGIC, _FORMAT_VERSION, crc)
         data_offset = len(header) + len(rest_head) + len(meta_raw)
         try:
