@@ -248,8 +248,9 @@ class RaftNode:
         self._serve_deferred = False
         self._serve_all = False
         """With ``_serve_deferred``: new entries for every follower, not only answers."""
-        self._answered: set[NodeId] = set()
-        """The followers whose answers came in this burst."""
+        self._answered: dict[NodeId, None] = {}
+        """The followers whose answers came in this burst, in arrival order (a dict, not a
+        set: served in an order that does not follow string hashing)."""
         self._appends_sent_at: Index = 0
         """The log's last index when the leader last sent every follower its due entries."""
         self._replicators: dict[NodeId, _Replicator] = {}
@@ -1160,15 +1161,20 @@ class RaftNode:
                     self._leader_nursery = None
 
     def _sync_replicators(self) -> None:
-        """One replicator per member while leading: start new members', stop removed ones'."""
+        """One replicator per member while leading: start new members', stop removed ones'.
+
+        Both in a fixed order (the members' ids, then the replicators' starts), not a set's:
+        the order tasks start in is the order a seeded simulation schedules them in.
+        """
         nursery = self._leader_nursery
         if nursery is None:
             return
-        peers = set(self._running_core().peers)
-        for peer in peers - self._replicators.keys():
-            replicator = self._replicators[peer] = _Replicator()
-            nursery.start_soon(self._replicate_to, peer, replicator)
-        for peer in self._replicators.keys() - peers:
+        peers = self._running_core().peers
+        for peer in peers:
+            if peer not in self._replicators:
+                replicator = self._replicators[peer] = _Replicator()
+                nursery.start_soon(self._replicate_to, peer, replicator)
+        for peer in [peer for peer in self._replicators if peer not in peers]:
             self._replicators.pop(peer).scope.cancel()
 
     async def _replicate_to(self, peer: NodeId, replicator: _Replicator) -> None:
@@ -1688,7 +1694,7 @@ class RaftNode:
         if sender in self._replicators:
             # The answer may open the window or rewind the follower.
             self._serve_deferred = True
-            self._answered.add(sender)
+            self._answered[sender] = None
         self._after_core()
 
     def _after_core(self) -> None:
