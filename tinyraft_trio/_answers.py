@@ -247,9 +247,10 @@ def session_entry_data(body: bytes, time_ms: int | None = None) -> bytes | None:
     return encode_command(client_id, sequence, first_outstanding, time_ms, command)
 
 
-def leader_clock_ms() -> int:
-    """The leader's clock as session entries carry it (wall-clock milliseconds)."""
-    return int(time.time() * 1000)
+def leader_clock_ms(clock: Callable[[], float] = time.time) -> int:
+    """The leader's clock as session entries carry it: ``clock()`` seconds (the wall clock
+    unless given), in milliseconds."""
+    return int(clock() * 1000)
 
 
 def submit_outcome(outcome: object, error: BaseException | None) -> tuple[bool, bytes]:

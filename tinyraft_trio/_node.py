@@ -24,6 +24,7 @@ import functools
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -208,6 +209,7 @@ class RaftNode:
         storage: Storage,
         transport: Transport,
         observer: NodeObserver | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self._state_machine = state_machine
@@ -215,6 +217,9 @@ class RaftNode:
         self._transport = transport
         self._observer = observer
         self._random = random.Random(config.seed)
+        self._wall_clock = wall_clock
+        """The clock a leader writes into session entries, by which sessions expire: the wall
+        clock, or a simulation's own (so that a replay writes the same log)."""
         # The initial configuration, used only if storage holds none (§ "Bootstrap" in
         # the README): the peers; else this node alone; or, when joining, nobody yet.
         self._members: dict[NodeId, str] = dict(config.peers)
@@ -1395,11 +1400,10 @@ class RaftNode:
         self._after_propose(core)
         return True
 
-    @staticmethod
-    def _session_commands(bodies: list[bytes]) -> list[bytes] | None:
+    def _session_commands(self, bodies: list[bytes]) -> list[bytes] | None:
         """The SESSION entries' data for the "submit" bodies of a batch; None if one is
         malformed."""
-        time_ms = leader_clock_ms()
+        time_ms = leader_clock_ms(self._wall_clock)
         datas = [session_entry_data(body, time_ms) for body in bodies]
         return None if None in datas else cast(list[bytes], datas)
 
@@ -1407,7 +1411,7 @@ class RaftNode:
         """The entry an "apply" or "submit" body proposes; None if the handler must refuse it."""
         if method == "apply":
             return None if len(body) > self._command_limit else (body, _COMMAND)
-        data = session_entry_data(body)
+        data = session_entry_data(body, leader_clock_ms(self._wall_clock))
         return None if data is None else (data, _SESSION)
 
     @property
@@ -1417,7 +1421,7 @@ class RaftNode:
 
     async def _answer_submit(self, request: Request) -> Response:
         """A client's numbered command: applied once, however often it arrives (§6.3)."""
-        data = session_entry_data(request.body)
+        data = session_entry_data(request.body, leader_clock_ms(self._wall_clock))
         if data is None:
             return answer(request, ["failed", "malformed submit request"])
         core = self._running_core()

@@ -18,6 +18,19 @@ from ._invariants import SafetyChecker
 from ._network import MemoryNetwork
 from ._state_machines import RecordingStateMachine
 
+SIMULATED_EPOCH = 1_767_225_600.0
+"""The nodes' wall clock at virtual time 0 (2026-01-01 UTC), so session entries carry
+milliseconds of a realistic size."""
+
+
+def simulated_wall_clock() -> float:
+    """The nodes' wall clock: a fixed epoch plus the run's virtual time.
+
+    A leader writes its wall clock into session entries; the real one would make each run's
+    log differ from its replay's, and would not advance with virtual time.
+    """
+    return SIMULATED_EPOCH + trio.current_time()
+
 
 class _ClusterObserver:
     """Forwards node events to the safety checker and wakes the cluster's waiters."""
@@ -40,7 +53,8 @@ class MemoryCluster:
 
     Crashing a node cancels it at once (what it persisted stays in its MemoryStorage, the
     rest is gone); restarting it builds a new node, with a fresh state machine, on the same
-    storage. Safety properties are checked as the nodes run (see SafetyChecker).
+    storage. Safety properties are checked as the nodes run (see SafetyChecker). The nodes'
+    wall clock is the run's virtual time (``simulated_wall_clock``).
     """
 
     def __init__(
@@ -108,6 +122,7 @@ class MemoryCluster:
             storage=self.storages[node_id],
             transport=self.network.transport(node_id, self.address_of(node_id)),
             observer=_ClusterObserver(self),
+            wall_clock=simulated_wall_clock,
         )
         scope = trio.CancelScope()
         stopped = trio.Event()
