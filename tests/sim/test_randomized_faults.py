@@ -7,7 +7,10 @@ Log Matching after every fault event. After the faults heal, a leader must appea
 bounded virtual time and every acknowledged command must be applied on every node, once.
 
 Run more seeds with ``pytest tests/sim/test_randomized_faults.py --seeds 2000``; replay one
-with ``--seed N``.
+with ``--seed N``. A seed's run, the scheduling of its tasks included, depends on the seed
+alone (Trio's scheduler is seeded with it, and schedules deterministically because Hypothesis
+is imported), so a seed that failed among many fails the same way alone, and under another
+PYTHONHASHSEED; test_reproducible_runs.py checks that.
 """
 
 from __future__ import annotations
@@ -139,10 +142,12 @@ async def _change_membership(cluster: MemoryCluster, rng: random.Random) -> None
             await leader.remove_member(rng.choice(sorted(members)))
 
 
-async def _inject_faults(cluster: MemoryCluster, rng: random.Random, nursery: trio.Nursery) -> None:
+async def _inject_faults(
+    cluster: MemoryCluster, rng: random.Random, nursery: trio.Nursery, events: int
+) -> None:
     network = cluster.network
     ids = cluster.node_ids
-    for _ in range(FAULT_EVENTS):
+    for _ in range(events):
         await trio.sleep(rng.uniform(0.1, 3 * ELECTION_TIMEOUT))
         event = rng.choice(
             ["partition", "isolate", "heal", "crash", "restart", "lossy", "calm", "reconfigure"]
@@ -173,7 +178,9 @@ async def _inject_faults(cluster: MemoryCluster, rng: random.Random, nursery: tr
         cluster.check_logs()
 
 
-async def run_one_seed(seed: int) -> None:
+async def run_one_seed(seed: int, *, fault_events: int = FAULT_EVENTS) -> MemoryCluster:
+    """Run the cluster through ``fault_events`` random faults and check it; return it, stopped,
+    with what its nodes stored."""
     rng = random.Random(seed)
     network = MemoryNetwork(seed=seed, delay=(0.0, 0.01))
     acknowledged: list[bytes] = []
@@ -196,7 +203,7 @@ async def run_one_seed(seed: int) -> None:
                 clients.start_soon(_client, cluster, name, acknowledged)
             clients.start_soon(_batch_client, cluster, random.Random(seed + 3), acknowledged)
             clients.start_soon(_reader, cluster, random.Random(seed + 2), acknowledged)
-            await _inject_faults(cluster, rng, clients)
+            await _inject_faults(cluster, rng, clients, fault_events)
             # Heal everything and bring every node back.
             network.heal()
             network.set_faults(drop_rate=0.0, delay=(0.0, 0.01), duplicate_rate=0.0, reorder=False)
@@ -230,6 +237,7 @@ async def run_one_seed(seed: int) -> None:
             assert len(commands) == len(set(commands)), f"{node_id} applied a command twice"
             missing = set(acknowledged) - set(commands)
             assert not missing, f"{node_id} lacks acknowledged commands {sorted(missing)[:5]}"
+    return cluster
 
 
 def _seeds(config: pytest.Config) -> list[int]:
@@ -248,8 +256,9 @@ async def test_randomized_faults_keep_raft_safe(
     seed: int, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Reference: Figure 3 (safety properties), §5.4. Replay a failure with --seed N."""
-    # Trio shuffles ready tasks with this generator, and sorts them first when Hypothesis is
-    # installed (as here): seeding it makes the whole run, scheduling included, replayable.
+    # Trio shuffles ready tasks with this generator, and sorts them first once Hypothesis is
+    # imported (its pytest plugin does): seeding it makes the whole run, scheduling included,
+    # replayable.
     trio._core._run._r.seed(seed)
     try:
         await run_one_seed(seed)

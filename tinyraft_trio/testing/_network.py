@@ -8,8 +8,11 @@ real time, and a run that needs an hour of timeouts takes milliseconds.
 Faults are those Raft must tolerate (dissertation §3.2: messages may be lost, delayed, duplicated
 and reordered; servers may crash and partitions may split the cluster), and all of them are drawn
 from one ``random.Random(seed)`` owned by the network, so a failing seed replays. Trio's scheduler
-is randomized on purpose, so a replay repeats the network's decisions for the same sequence of
-sends, not the exact interleaving of tasks.
+is randomized on purpose: on its own, a replay repeats the network's decisions for the same
+sequence of sends, not the interleaving of tasks. Seed the scheduler too
+(``trio._core._run._r.seed``, as tests/sim/test_randomized_faults.py does) while Trio schedules
+deterministically (it does once Hypothesis is imported), and the interleaving repeats as well,
+so the whole run does.
 
 Every message goes through the real codec (``tinyraft_trio._wire``): the sender encodes a frame and
 the receiver decodes it with a ``FrameDecoder``, so a message the wire format cannot carry fails
