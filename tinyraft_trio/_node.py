@@ -228,6 +228,13 @@ class RaftNode:
         self._core: RaftCore | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        self._draining = False
+        """Shutting down: requests that would be forwarded are answered with where the leader
+        is instead (see ``drain``)."""
+        self._forwards_in_flight = 0
+        self._forwards_idle = trio.Event()
+        """Set when the last request being forwarded is answered."""
+        self._last_redirect_at = -math.inf
         self._ignored_messages = 0
         self._last_applied: Index = 0
         self._waiters: dict[Index, Waiter | Reply | BatchPart | BatchEntryReply] = {}
@@ -661,6 +668,37 @@ class RaftNode:
             logger.info("%s: could not hand over leadership before stopping: %s", self.id, exc)
         else:
             logger.info("%s: handed leadership to %s before stopping", self.id, new_leader)
+
+    async def drain(self) -> None:
+        """Stop taking clients' requests, and answer those already taken; never raises.
+
+        Used on shutdown, after ``hand_over_leadership``: a node that closed its connections
+        with requests still on their way to the leader would leave their callers with the
+        outcome unknown. From now on a request this node would forward is answered with where
+        the leader is (certainly not carried out), so its client goes there. Returns once no
+        request is being forwarded, every command this node proposed has been answered (a
+        leader that handed over applies what committed before it stepped down), and no
+        request has come for a heartbeat interval (the clients have gone to the leader); the
+        caller bounds the wait.
+        """
+        self._draining = True
+        quiet = self.config.heartbeat_interval
+        answered_at = trio.current_time()  # a client answered now may send its next request
+        while not self._closed:
+            if self._forwards_in_flight:
+                self._forwards_idle = trio.Event()
+                await self._forwards_idle.wait()
+                answered_at = trio.current_time()
+                continue
+            if self._waiters:
+                with trio.move_on_after(quiet):
+                    await self._applied_changed.wait()
+                answered_at = trio.current_time()
+                continue
+            idle_for = trio.current_time() - max(answered_at, self._last_redirect_at)
+            if idle_for >= quiet:
+                return
+            await trio.sleep(quiet - idle_for)
 
     # ------------------------------------------------------------------ helpers of the API
 
@@ -1522,17 +1560,28 @@ class RaftNode:
         return answer(request, ["failed", f"unknown members operation {operation!r}"])
 
     async def _forward(self, request: Request) -> Response:
-        """Send a request on to the leader (waiting a little for one) and relay its answer."""
+        """Send a request on to the leader (waiting a little for one) and relay its answer;
+        while draining, answer with where the leader is instead."""
+        if self._draining:
+            self._last_redirect_at = trio.current_time()
+            await trio.lowlevel.checkpoint()
+            core = self._running_core()
+            leader_id = core.leader_id if core.leader_id != self.id else None
+            return answer(request, ["not_leader", leader_id, self._address_of(leader_id)])
+        self._forwards_in_flight += 1
         try:
             leader_address = await self._leader_address()
-        except NotLeaderError as exc:
-            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
-        try:
             response = await self._transport.request(
                 leader_address, request.method, request.body, timeout=self._forward_timeout
             )
+        except NotLeaderError as exc:
+            return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except TransportError as exc:
             return answer(request, ["unknown", f"forwarding to the leader failed: {exc}"])
+        finally:
+            self._forwards_in_flight -= 1
+            if not self._forwards_in_flight:
+                self._forwards_idle.set()
         body = response.body
         if response.ok:
             body = with_leader_hint(request.method, body, leader_address)

@@ -34,11 +34,15 @@ async def open_raft_node(
 
     The node's tasks (listener, election timer, replicators, applier) run in a nursery
     owned by this context manager. Leaving the block first hands leadership to another voter
-    if this node leads (so a rolling restart costs no election timeout; at most one election
-    timeout is spent trying), then cancels the tasks and closes every connection. Callers
-    still waiting in ``node.apply()`` then get ``NodeClosedError``. If the block is left by a
-    cancellation from outside, the node's tasks are cancelled with it and it stops at once,
-    without handing over (as after a crash, but nothing acknowledged is lost).
+    if this node leads (so a rolling restart costs no election timeout), then drains: the
+    requests it would forward to the leader are answered with where the leader is instead,
+    and it waits until those it took are answered and no request has come for a heartbeat
+    interval, so its clients move on with every outcome known (``RaftNode.drain``). At most
+    one election timeout is spent on both. Then it cancels the tasks and closes every
+    connection. Callers still waiting in ``node.apply()`` then get ``NodeClosedError``. If the
+    block is left by a cancellation from outside, the node's tasks are cancelled with it and
+    it stops at once, without handing over (as after a crash, but nothing acknowledged is
+    lost).
 
     Args:
         config: the node's configuration.
@@ -72,6 +76,7 @@ async def open_raft_node(
             finally:
                 with trio.move_on_after(config.election_timeout, shield=True):
                     await node.hand_over_leadership()
+                    await node.drain()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception passes through the node's nursery on its way out; give it

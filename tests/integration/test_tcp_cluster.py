@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import msgpack
 import pytest
 import trio
 from support import TcpCluster
+
+from tinyraft_trio._rpc import RpcClient, TransportError, open_rpc_client
 
 
 async def test_three_nodes_over_tcp_apply_commands_and_survive_leader_shutdown() -> None:
@@ -60,4 +63,53 @@ async def test_leaving_the_context_hands_leadership_over_without_an_election(
             handed = f"{leader.id}: handed leadership to {new_leader.id} before stopping"
             assert handed in caplog.messages
             await new_leader.apply(b"after")
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("stopping", ["follower", "leader"])
+async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stopping: str) -> None:
+    """Clients keep writing through one node while it shuts down. Each request it took gets
+    its answer: the result (it forwarded the command to the leader and relayed the answer),
+    or where the leader is (not applied). None is left with its outcome unknown, as when the
+    node closed its connections with requests still being forwarded."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            cluster = TcpCluster(nursery, 3)
+            for node_id in cluster.peers:
+                await cluster.start(node_id)
+            leader = await cluster.leader()
+            await leader.apply(b"before")
+            node_id = (
+                leader.id
+                if stopping == "leader"
+                else next(i for i in cluster.peers if i != leader.id)
+            )
+            address = cluster.peers[node_id]
+            outcomes: list[str] = []
+
+            async def write(client: RpcClient, worker: int) -> None:
+                for i in range(10_000):
+                    try:
+                        response = await client.request(
+                            address, "apply", b"w%d-%d" % (worker, i), timeout=5
+                        )
+                    except TransportError as exc:
+                        outcomes.append(f"lost: {exc}")
+                        return
+                    outcome = msgpack.unpackb(response.body)[0]
+                    outcomes.append(outcome)
+                    if outcome == "not_leader":
+                        return  # a client goes to the leader it was told of
+
+            async with (
+                open_rpc_client(client_id="writer", cluster_id="tinyraft") as client,
+                trio.open_nursery() as writers,
+            ):
+                for worker in range(20):
+                    writers.start_soon(write, client, worker)
+                await trio.sleep(0.3)
+                await cluster.stop(node_id)
+            unknown = [o for o in outcomes if o not in ("ok", "not_leader")]
+            assert not unknown, unknown
+            assert outcomes.count("ok") > 20
             nursery.cancel_scope.cancel()
