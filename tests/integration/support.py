@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,18 @@ class TcpCluster:
                 if node.status().role is Role.LEADER:
                     return node
             await trio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(size: int = 3) -> AsyncIterator[TcpCluster]:
+    """A ``TcpCluster`` of ``size`` nodes, all started; whatever still runs is cancelled on
+    leaving the block."""
+    async with trio.open_nursery() as nursery:
+        cluster = TcpCluster(nursery, size)
+        for node_id in cluster.peers:
+            await cluster.start(node_id)
+        yield cluster
+        nursery.cancel_scope.cancel()
 
 
 def unused_port() -> int:

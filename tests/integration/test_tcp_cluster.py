@@ -7,7 +7,7 @@ import logging
 import msgpack
 import pytest
 import trio
-from support import TcpCluster
+from support import TcpCluster, running_cluster
 
 from tinyraft_trio._rpc import RpcClient, TransportError, open_rpc_client
 
@@ -50,10 +50,7 @@ async def test_leaving_the_context_hands_leadership_over_without_an_election(
     """Shutting a leader down transfers leadership first (TimeoutNow), not by election timeout."""
     caplog.set_level(logging.INFO, logger="tinyraft_trio.node")
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            cluster = TcpCluster(nursery, 3)
-            for node_id in cluster.peers:
-                await cluster.start(node_id)
+        async with running_cluster() as cluster:
             leader = await cluster.leader()
             await leader.apply(b"before")
             term = leader.status().term
@@ -63,7 +60,6 @@ async def test_leaving_the_context_hands_leadership_over_without_an_election(
             handed = f"{leader.id}: handed leadership to {new_leader.id} before stopping"
             assert handed in caplog.messages
             await new_leader.apply(b"after")
-            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("stopping", ["follower", "leader"])
@@ -73,10 +69,7 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
     or where the leader is (not applied). None is left with its outcome unknown, as when the
     node closed its connections with requests still being forwarded."""
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            cluster = TcpCluster(nursery, 3)
-            for node_id in cluster.peers:
-                await cluster.start(node_id)
+        async with running_cluster() as cluster:
             leader = await cluster.leader()
             await leader.apply(b"before")
             node_id = (
@@ -112,4 +105,3 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
             unknown = [o for o in outcomes if o not in ("ok", "not_leader")]
             assert not unknown, unknown
             assert outcomes.count("ok") > 20
-            nursery.cancel_scope.cancel()
