@@ -1438,10 +1438,14 @@ class RaftNode:
         self._after_propose(core)
         return True
 
+    def _leader_clock_ms(self) -> int:
+        """The clock this node, leading, writes into session entries."""
+        return leader_clock_ms(self._wall_clock)
+
     def _session_commands(self, bodies: list[bytes]) -> list[bytes] | None:
         """The SESSION entries' data for the "submit" bodies of a batch; None if one is
         malformed."""
-        time_ms = leader_clock_ms(self._wall_clock)
+        time_ms = self._leader_clock_ms()
         datas = [session_entry_data(body, time_ms) for body in bodies]
         return None if None in datas else cast(list[bytes], datas)
 
@@ -1449,7 +1453,7 @@ class RaftNode:
         """The entry an "apply" or "submit" body proposes; None if the handler must refuse it."""
         if method == "apply":
             return None if len(body) > self._command_limit else (body, _COMMAND)
-        data = session_entry_data(body, leader_clock_ms(self._wall_clock))
+        data = session_entry_data(body, self._leader_clock_ms())
         return None if data is None else (data, _SESSION)
 
     @property
@@ -1459,7 +1463,7 @@ class RaftNode:
 
     async def _answer_submit(self, request: Request) -> Response:
         """A client's numbered command: applied once, however often it arrives (§6.3)."""
-        data = session_entry_data(request.body, leader_clock_ms(self._wall_clock))
+        data = session_entry_data(request.body, self._leader_clock_ms())
         if data is None:
             return answer(request, ["failed", "malformed submit request"])
         core = self._running_core()
@@ -1565,8 +1569,7 @@ class RaftNode:
         if self._draining:
             self._last_redirect_at = trio.current_time()
             await trio.lowlevel.checkpoint()
-            core = self._running_core()
-            leader_id = core.leader_id if core.leader_id != self.id else None
+            leader_id = self._running_core().leader_id  # another node: a leader never forwards
             return answer(request, ["not_leader", leader_id, self._address_of(leader_id)])
         self._forwards_in_flight += 1
         try:

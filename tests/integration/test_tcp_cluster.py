@@ -79,6 +79,7 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
             )
             address = cluster.peers[node_id]
             outcomes: list[str] = []
+            writing = trio.Event()
 
             async def write(client: RpcClient, worker: int) -> None:
                 for i in range(10_000):
@@ -91,6 +92,8 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
                         return
                     outcome = msgpack.unpackb(response.body)[0]
                     outcomes.append(outcome)
+                    if len(outcomes) >= 200:
+                        writing.set()  # every writer is under way
                     if outcome == "not_leader":
                         return  # a client goes to the leader it was told of
 
@@ -100,7 +103,7 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
             ):
                 for worker in range(20):
                     writers.start_soon(write, client, worker)
-                await trio.sleep(0.3)
+                await writing.wait()
                 await cluster.stop(node_id)
             unknown = [o for o in outcomes if o not in ("ok", "not_leader")]
             assert not unknown, unknown
