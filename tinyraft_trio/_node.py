@@ -310,9 +310,10 @@ class RaftNode:
         Raises:
             NotLeaderError: no leader is known within two election timeouts, or this node is
                 a follower and ``forward`` is false (the command was not appended).
-            LeadershipLostError: the outcome is unknown: leadership was lost before the
-                command committed, or the forwarded request got no answer.
-            NodeClosedError: the node is shutting down.
+            LeadershipLostError: the outcome is unknown: leadership was lost or the node
+                shut down before the command committed, or the forwarded request got no
+                answer.
+            NodeClosedError: the node is not running (the command was not appended).
 
         Cancellation: the command may still commit and be applied; its result is discarded.
         """
@@ -849,7 +850,8 @@ class RaftNode:
         finally:
             self._closed = True
             self._nursery = None
-            error = NodeClosedError("the node shut down")
+            # Their commands are in the log, and another leader may still commit them.
+            error = LeadershipLostError("the node shut down before the command committed")
             for waiter in self._waiters.values():
                 waiter.resolve(error=error)
             self._waiters.clear()

@@ -379,7 +379,7 @@ async def test_figure_8_old_term_entry_on_a_majority_is_not_committed_by_countin
             nursery.start_soon(_propose_and_record, first, x, x_outcome)
             await trio.sleep(HEARTBEAT)
             await cluster.crash(s1)
-        assert isinstance(x_outcome[x], NodeClosedError)  # outcome unknown to the client
+        assert isinstance(x_outcome[x], LeadershipLostError)  # outcome unknown to the client
         t1 = storages[s1].entries[k].term
         assert log_of(s1) == log_of(s2) == [(t1, x)]
         assert all(log_of(i) == [] for i in rest)
@@ -767,8 +767,9 @@ async def test_crashing_a_node_ends_all_its_tasks_and_fails_pending_applies(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Reference: §5.1 (a crashed server stops; clients learn nothing more from it). Crashing
-    the leader returns at once, fails its pending apply() with NodeClosedError, and leaves no
-    task of that node behind; closing the cluster leaves no task at all."""
+    the leader returns at once, fails its pending apply() with LeadershipLostError (the
+    command is in the log: its outcome is unknown), and leaves no task of that node behind;
+    closing the cluster leaves no task at all."""
     root = trio.lowlevel.current_root_task()
     assert root is not None
     tasks_before = len(_descendants(root))
@@ -801,7 +802,7 @@ async def test_crashing_a_node_ends_all_its_tasks_and_fails_pending_applies(
             with trio.fail_after(HEARTBEAT):
                 await cluster.crash(leader.id)
             assert trio.current_time() == crash_at
-        assert isinstance(outcome[b"pending"], NodeClosedError)
+        assert isinstance(outcome[b"pending"], LeadershipLostError)
         alive = _descendants(root)
         assert not (leader_tasks | {run_tasks[leader.id]}) & alive
         with pytest.raises(NodeClosedError):
