@@ -346,19 +346,16 @@ class RaftNode:
     async def _apply_at_leader(self, command: bytes) -> object:
         """A follower's apply(): send the command to the leader, and bring back its result."""
         try:
-            address = await self._leader_address()
+            response, _ = await self._request_leader("apply", command)
         except NotLeaderError:
             if self._running_core().role is not Role.LEADER:
                 raise
             # This node became the leader meanwhile.
             return await self._wait_applied_entry(self._require_leader().propose(command))
-        try:
-            response = await self._transport.request(
-                address, "apply", command, timeout=self._forward_timeout
-            )
-            decoded = msgpack.unpackb(response.body)
         except TransportError as exc:
             raise LeadershipLostError(f"forwarded to the leader, no answer: {exc}") from None
+        try:
+            decoded = msgpack.unpackb(response.body)
         except Exception:
             raise LeadershipLostError("the leader's answer could not be read") from None
         kind = decoded[0] if isinstance(decoded, list) and decoded else None
@@ -570,11 +567,8 @@ class RaftNode:
 
     async def _read_index_from_leader(self) -> Index:
         """Follower: ask the leader for a confirmed read index."""
-        address = await self._leader_address()
         try:
-            response = await self._transport.request(
-                address, "read_index", b"", timeout=self._forward_timeout
-            )
+            response, _ = await self._request_leader("read_index", b"")
         except TransportError as exc:
             raise LeadershipLostError(f"could not reach the leader for a read: {exc}") from None
         decoded = msgpack.unpackb(response.body)
@@ -676,7 +670,8 @@ class RaftNode:
         Used on shutdown, after ``hand_over_leadership``: a node that closed its connections
         with requests still on their way to the leader would leave their callers with the
         outcome unknown. From now on a request this node would forward is answered with where
-        the leader is (certainly not carried out), so its client goes there. Returns once no
+        the leader is (certainly not carried out), so its client goes there; so is a caller of
+        ``apply``, ``query`` or ``read_barrier`` here (``NotLeaderError``). Returns once no
         request is being forwarded, every command this node proposed has been answered (a
         leader that handed over applies what committed before it stepped down), and no
         request has come for a heartbeat interval (the clients have gone to the leader); the
@@ -1566,31 +1561,46 @@ class RaftNode:
         return answer(request, ["failed", f"unknown members operation {operation!r}"])
 
     async def _forward(self, request: Request) -> Response:
-        """Send a request on to the leader (waiting a little for one) and relay its answer;
-        while draining, answer with where the leader is instead."""
-        if self._draining:
-            self._last_redirect_at = trio.current_time()
-            await trio.lowlevel.checkpoint()
-            leader_id = self._running_core().leader_id  # another node: a leader never forwards
-            return answer(request, ["not_leader", leader_id, self._address_of(leader_id)])
-        self._forwards_in_flight += 1
+        """Relay a client's request to the leader and its answer back (see ``_request_leader``)."""
         try:
-            leader_address = await self._leader_address()
-            response = await self._transport.request(
-                leader_address, request.method, request.body, timeout=self._forward_timeout
-            )
+            response, leader_address = await self._request_leader(request.method, request.body)
         except NotLeaderError as exc:
             return answer(request, ["not_leader", exc.leader_id, exc.leader_address])
         except TransportError as exc:
             return answer(request, ["unknown", f"forwarding to the leader failed: {exc}"])
-        finally:
-            self._forwards_in_flight -= 1
-            if not self._forwards_in_flight:
-                self._forwards_idle.set()
         body = response.body
         if response.ok:
             body = with_leader_hint(request.method, body, leader_address)
         return Response(request_id=request.request_id, ok=response.ok, body=body)
+
+    async def _request_leader(self, method: str, body: bytes) -> tuple[Response, str]:
+        """Send a request on to the leader, waiting a little for one to be known: its
+        response, and the leader's address.
+
+        Every request a follower sends on, its clients' and its own callers', goes through
+        here, so that ``drain`` can wait for them; while draining, none is sent.
+
+        Raises:
+            NotLeaderError: no other node is known to lead, or this node is draining (the
+                request was not sent).
+            TransportError: the leader did not answer (it may have carried the request out).
+        """
+        if self._draining:
+            self._last_redirect_at = trio.current_time()
+            await trio.lowlevel.checkpoint()
+            leader_id = self._running_core().leader_id
+            raise NotLeaderError(leader_id, self._address_of(leader_id))
+        self._forwards_in_flight += 1
+        try:
+            leader_address = await self._leader_address()
+            response = await self._transport.request(
+                leader_address, method, body, timeout=self._forward_timeout
+            )
+        finally:
+            self._forwards_in_flight -= 1
+            if not self._forwards_in_flight:
+                self._forwards_idle.set()
+        return response, leader_address
 
     @property
     def _forward_timeout(self) -> float:

@@ -35,14 +35,15 @@ async def open_raft_node(
     The node's tasks (listener, election timer, replicators, applier) run in a nursery
     owned by this context manager. Leaving the block first hands leadership to another voter
     if this node leads (so a rolling restart costs no election timeout), then drains: the
-    requests it would forward to the leader are answered with where the leader is instead,
-    and it waits until those it took are answered and no request has come for a heartbeat
-    interval, so its clients move on with every outcome known (``RaftNode.drain``). At most
-    one election timeout is spent on both. Then it cancels the tasks and closes every
-    connection. Callers still waiting in ``node.apply()`` then get ``LeadershipLostError``
-    (the outcome is unknown), later calls ``NodeClosedError``. If the block is left by a
-    cancellation from outside, the node's tasks are cancelled with it and it stops at once,
-    without handing over (as after a crash, but nothing acknowledged is lost).
+    requests it would forward to the leader (its clients' and its own callers') are answered
+    with where the leader is instead, and it waits until those it took are answered and no
+    request has come for a heartbeat interval, so its clients move on with every outcome
+    known (``RaftNode.drain``). At most one election timeout is spent on both. Then it
+    cancels the tasks and closes every connection. Callers still waiting in ``node.apply()``
+    then get ``LeadershipLostError`` (the outcome is unknown), later calls
+    ``NodeClosedError``. If the block is left by a cancellation from outside, the node's
+    tasks are cancelled with it and it stops at once, without handing over (as after a
+    crash, but nothing acknowledged is lost).
 
     Args:
         config: the node's configuration.

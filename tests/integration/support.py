@@ -98,6 +98,15 @@ class TcpCluster:
         self._exited.pop(node_id)
         del self.nodes[node_id]
 
+    async def committing(self, role: str) -> str:
+        """The id of the leader (``role`` "leader") or of a follower, once the leader has
+        committed a command."""
+        leader = await self.leader()
+        await leader.apply(b"before")
+        if role == "leader":
+            return leader.id
+        return next(node_id for node_id in self.nodes if node_id != leader.id)
+
     async def leader(self) -> RaftNode:
         """The running node that leads (other tasks' state: asked every 10 ms)."""
         while True:

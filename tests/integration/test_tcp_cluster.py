@@ -9,6 +9,7 @@ import pytest
 import trio
 from support import TcpCluster, running_cluster
 
+from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError
 from tinyraft_trio._rpc import RpcClient, TransportError, open_rpc_client
 
 
@@ -70,13 +71,7 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
     node closed its connections with requests still being forwarded."""
     with trio.fail_after(30):
         async with running_cluster() as cluster:
-            leader = await cluster.leader()
-            await leader.apply(b"before")
-            node_id = (
-                leader.id
-                if stopping == "leader"
-                else next(i for i in cluster.peers if i != leader.id)
-            )
+            node_id = await cluster.committing(stopping)
             address = cluster.peers[node_id]
             outcomes: list[str] = []
             writing = trio.Event()
@@ -108,3 +103,52 @@ async def test_a_node_shut_down_gracefully_answers_every_request_it_took(stoppin
             unknown = [o for o in outcomes if o not in ("ok", "not_leader")]
             assert not unknown, unknown
             assert outcomes.count("ok") > 20
+
+
+@pytest.mark.parametrize("stopping", ["follower", "leader"])
+async def test_a_node_shut_down_gracefully_answers_its_own_callers(stopping: str) -> None:
+    """The same for callers of the node's own ``apply`` (as the HTTP API of the command line
+    is): each gets its result, or an error saying that the command was certainly not applied
+    (``NotLeaderError`` while the node drains, ``NodeClosedError`` once it is closed). None
+    gets ``LeadershipLostError``, as when a follower closed with its callers' commands still
+    on their way to the leader. A follower's reads, which it also forwards, are served or
+    redirected too (a leader's may fail while it hands over: a read is safe to retry)."""
+    with trio.fail_after(30):
+        async with running_cluster() as cluster:
+            node_id = await cluster.committing(stopping)
+            node = cluster.nodes[node_id]
+            writes: list[str] = []
+            reads: list[str] = []
+            busy = trio.Event()
+
+            async def call(worker: int) -> None:
+                reading = worker % 4 == 3
+                outcomes = reads if reading else writes
+                for i in range(10_000):
+                    try:
+                        if reading:
+                            await node.read_barrier()
+                        else:
+                            await node.apply(b"w%d-%d" % (worker, i))
+                    except (NotLeaderError, NodeClosedError) as exc:
+                        outcomes.append(type(exc).__name__)
+                        return  # certainly not applied: a client would go to the leader
+                    except LeadershipLostError as exc:
+                        outcomes.append(f"unknown: {exc}")
+                        return
+                    outcomes.append("ok")
+                    if len(writes) >= 200:
+                        busy.set()  # every caller is under way
+
+            async with trio.open_nursery() as callers:
+                for worker in range(20):
+                    callers.start_soon(call, worker)
+                await busy.wait()
+                await cluster.stop(node_id)
+            unknown = [o for o in writes if o.startswith("unknown")]
+            assert not unknown, unknown
+            assert writes.count("ok") > 20
+            if stopping == "follower":
+                assert not [o for o in reads if o.startswith("unknown")], reads
+                assert reads.count("ok") > 5
+
