@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import logging
@@ -172,10 +173,12 @@ async def _serve_node(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_raft_node(config, factory()) as node, trio.open_nursery() as nursery:
             http_note = ""
+            http_stop = trio.Event()
             if http is not None:
                 from ._http import serve_http
 
-                urls = await nursery.start(serve_http, node, http)
+                serve = functools.partial(serve_http, shutdown_trigger=http_stop.wait)
+                urls = await nursery.start(serve, node, http)
                 http_note = f", HTTP API on {', '.join(urls)}"
             print(
                 f"node {node.id} serving on {config.listen}"
@@ -187,8 +190,11 @@ async def _serve_node(
                 logging.getLogger("tinyraft_trio.cli").info(
                     "%s received: shutting down", signal.Signals(received).name
                 )
-                break  # leaving the block hands leadership over first
-            nursery.cancel_scope.cancel()
+                break
+            # The HTTP API answers while the node hands leadership over and drains (a write
+            # gets 503 naming the leader), then answers what it took and stops.
+            await node.wind_down()
+            http_stop.set()
 
 
 # ------------------------------------------------------------------------------ status

@@ -15,8 +15,9 @@ Any node accepts every request: a follower forwards writes to the leader and ask
 read index. A key is one path segment, percent-encoded (``/`` in a key is ``%2F``); keys and
 values are UTF-8, keys up to ``MAX_KEY_BYTES`` and values up to ``MAX_VALUE_BYTES`` (413
 beyond). 503 means the request was certainly not applied (no leader within the request
-timeout); 504 means its outcome is unknown (leadership was lost before it committed); 400 is a
-bad request. Every error body is JSON ``{"error": "..."}``.
+timeout, or the node is shutting down); 504 means its outcome is unknown (leadership was
+lost before it committed); 400 is a bad request. Every error body is JSON
+``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -244,9 +245,12 @@ async def serve_http(
     address: str,
     *,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the HTTP API for ``node`` on ``address`` until cancelled.
+    """Serve the HTTP API for ``node`` on ``address`` until cancelled, or until
+    ``shutdown_trigger()`` returns: then it stops listening, closes idle connections and
+    returns once the requests in progress are answered (for up to a second).
 
     ``task_status.started`` gets the bound URLs once the socket listens.
 
@@ -260,4 +264,6 @@ async def serve_http(
     config.accesslog = None
     config.graceful_timeout = 1.0
     app = KeyValueHttpApp(node, request_timeout=request_timeout)
-    await hypercorn_trio.serve(app, config, task_status=task_status, mode="asgi")
+    await hypercorn_trio.serve(
+        app, config, shutdown_trigger=shutdown_trigger, task_status=task_status, mode="asgi"
+    )

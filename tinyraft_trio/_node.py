@@ -231,6 +231,7 @@ class RaftNode:
         self._draining = False
         """Shutting down: requests that would be forwarded are answered with where the leader
         is instead (see ``drain``)."""
+        self._wound_down = False
         self._forwards_in_flight = 0
         self._forwards_idle = trio.Event()
         """Set when the last request being forwarded is answered."""
@@ -648,6 +649,21 @@ class RaftNode:
             match_index=progress.match_index if progress is not None else None,
             last_contact=None if contact is None else trio.current_time() - contact,
         )
+
+    async def wind_down(self) -> None:
+        """Hand leadership over, then drain, within one election timeout; never raises.
+
+        Leaving ``open_raft_node`` does this first. Call it before, to keep something else
+        that uses the node (an HTTP API) answering while it runs: leaving the block then
+        goes straight on to closing. Cancellation: the wait ends; the node stays draining.
+        """
+        if self._wound_down:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(self.config.election_timeout):
+            await self.hand_over_leadership()
+            await self.drain()
+        self._wound_down = True
 
     async def hand_over_leadership(self) -> None:
         """If this node leads and another voter exists, transfer leadership; never raises.

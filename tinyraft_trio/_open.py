@@ -75,9 +75,8 @@ async def open_raft_node(
             try:
                 yield node
             finally:
-                with trio.move_on_after(config.election_timeout, shield=True):
-                    await node.hand_over_leadership()
-                    await node.drain()
+                with trio.CancelScope(shield=True):
+                    await node.wind_down()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The caller's own exception passes through the node's nursery on its way out; give it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,32 +20,37 @@ httpx = pytest.importorskip("httpx")
 from tinyraft_trio._http import MAX_KEY_BYTES, MAX_VALUE_BYTES  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Three nodes, each serving HTTP; yields node id -> base URL."""
-    directory = tmp_path_factory.mktemp("http")
+@contextlib.contextmanager
+def http_cluster(directory: Path) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    """Three node processes, each serving HTTP: node id -> base URL, and node id -> process.
+    Each is stopped with SIGTERM on exit (if still running) and must exit cleanly."""
     ports = free_loopback_ports(6)
     raft = [f"127.0.0.1:{port}" for port in ports[:3]]
     http = [f"127.0.0.1:{port}" for port in ports[3:]]
     peers = [arg for i, a in enumerate(raft, 1) for arg in ("--peer", f"n{i}={a}")]
-    processes = []
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for i in range(1, 4):
             command = ["node", "--id", f"n{i}", "--listen", raft[i - 1], "--http", http[i - 1]]
             command += ["--timeout-ms", "300", *peers]
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "tinyraft_trio", *command],
-                    env=environment(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=(directory / f"n{i}.log").open("wb"),
-                )
+            processes[f"n{i}"] = subprocess.Popen(
+                [sys.executable, "-m", "tinyraft_trio", *command],
+                env=environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=(directory / f"n{i}.log").open("wb"),
             )
-        yield {f"n{i}": f"http://{address}" for i, address in enumerate(http, 1)}
+        yield {f"n{i}": f"http://{address}" for i, address in enumerate(http, 1)}, processes
     finally:
-        codes = [stop(process) for process in processes]
+        codes = [stop(process) for process in processes.values()]
     assert codes == [0, 0, 0]  # SIGTERM stops the HTTP server and the node cleanly
+
+
+@pytest.fixture(scope="module")
+def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Three nodes, each serving HTTP; yields node id -> base URL."""
+    with http_cluster(tmp_path_factory.mktemp("http")) as (found, _):
+        yield found
 
 
 async def statuses(client: Any, urls: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -203,3 +210,51 @@ async def test_without_a_leader_writes_get_503_and_stale_reads_still_work(
         assert response.status_code == 503
         response = await client.get(f"{url}/kv/k", params={"stale": "true"})
         assert response.status_code == 404
+
+
+@pytest.mark.parametrize("stopping", ["follower", "leader"])
+async def test_a_node_stopped_by_sigterm_answers_the_writes_it_took(
+    stopping: str, tmp_path: Path
+) -> None:
+    """Clients keep writing through one node's HTTP API while it is stopped with SIGTERM.
+    Each write gets 204, or 503 (certainly not applied: it names the leader) while the node
+    drains; none gets 504 or a dropped connection (outcome unknown), as when the HTTP server
+    stopped before the node had handed over and drained."""
+    with http_cluster(tmp_path) as (urls, processes):
+        async with httpx.AsyncClient(timeout=15) as client:
+            found = await statuses(client, urls)
+            node_id = next(
+                n
+                for n, status in found.items()
+                if (status["role"] == "leader") == (stopping == "leader")
+            )
+            url = urls[node_id]
+            outcomes: list[str] = []
+            busy = trio.Event()
+
+            async def write(worker: int) -> None:
+                for i in range(10_000):
+                    try:
+                        response = await client.put(f"{url}/kv/w{worker}", content=f"{i}")
+                    except httpx.ConnectError:
+                        outcomes.append("refused")  # the request was never sent
+                        return
+                    except httpx.HTTPError as exc:
+                        outcomes.append(f"lost: {exc!r}")
+                        return
+                    outcomes.append(str(response.status_code))
+                    if len(outcomes) >= 100:
+                        busy.set()  # every writer is under way
+                    if response.status_code != 204:
+                        return  # 503 names the leader: a client goes there
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as writers:
+                    for worker in range(10):
+                        writers.start_soon(write, worker)
+                    await busy.wait()
+                    processes[node_id].send_signal(signal.SIGTERM)
+                assert await trio.to_thread.run_sync(processes[node_id].wait) == 0
+    unclear = [o for o in outcomes if o not in ("204", "503", "refused")]
+    assert not unclear, unclear
+    assert outcomes.count("204") >= 100

@@ -9,7 +9,7 @@ import pytest
 import trio
 from support import TcpCluster, running_cluster
 
-from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError
+from tinyraft_trio import LeadershipLostError, NodeClosedError, NotLeaderError, Role
 from tinyraft_trio._rpc import RpcClient, TransportError, open_rpc_client
 
 
@@ -152,3 +152,30 @@ async def test_a_node_shut_down_gracefully_answers_its_own_callers(stopping: str
                 assert not [o for o in reads if o.startswith("unknown")], reads
                 assert reads.count("ok") > 5
 
+
+async def test_winding_down_early_hands_over_and_drains_once() -> None:
+    """``wind_down`` before leaving the block (as the command line does, to keep its HTTP API
+    answering meanwhile): leadership moves, the node redirects its callers, and leaving the
+    block then closes without draining again."""
+    with trio.fail_after(30):
+        async with running_cluster() as cluster:
+            node_id = await cluster.committing("leader")
+            node = cluster.nodes[node_id]
+            drains = 0
+            drain = node.drain
+
+            async def counted_drain() -> None:
+                nonlocal drains
+                drains += 1
+                await drain()
+
+            node.drain = counted_drain  # type: ignore[method-assign]
+            await node.wind_down()
+            assert drains == 1
+            assert node.status().role is not Role.LEADER
+            with pytest.raises(NotLeaderError) as raised:
+                await node.apply(b"after")
+            assert raised.value.leader_id not in (None, node_id)
+            await cluster.stop(node_id)
+            assert drains == 1
+            assert (await cluster.leader()).id == raised.value.leader_id
