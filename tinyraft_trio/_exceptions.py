@@ -37,7 +37,9 @@ class LeadershipLostError(RaftError):
 
 
 class NodeClosedError(RaftError):
-    """The node is shutting down or has shut down."""
+    """The node is not running (it has shut down): the call did nothing, so a command was
+    not appended. A caller already waiting for its command when the node shuts down gets
+    ``LeadershipLostError`` instead (the outcome is unknown)."""
 
 
 class StorageFailedError(RaftError):
