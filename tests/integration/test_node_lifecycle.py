@@ -171,8 +171,9 @@ def test_random_and_mutated_frames_do_not_hurt_a_live_node(data: st.DataObject) 
         with trio.fail_after(20):
             async with open_raft_node(config, RecordingStateMachine()) as node:
                 await node.wait_for_leader()
-                for payload in payloads:
-                    await _send_raw(config.listen, payload)
+                async with trio.open_nursery() as senders:  # one connection each, at once
+                    for payload in payloads:
+                        senders.start_soon(_send_raw, config.listen, payload)
                 assert await node.apply(b"still alive") == 1
                 status = node.status()
                 assert status.role is Role.LEADER
