@@ -26,8 +26,8 @@ def _available_pythons() -> list[str]:
 
 
 PRIMARY_PYTHON = "3.11"
-QUICK_PYTEST_ARGS = ["--seeds", "50", "--ignore=tests/crash"]
-"""On the other Pythons: 50 randomized-fault seeds instead of 200, and no process-crash tests
+QUICK_PYTEST_ARGS = ["--seeds", "30", "--ignore=tests/crash"]
+"""On the other Pythons: 30 randomized-fault seeds instead of 200, and no process-crash tests
 (they exercise the OS, not the interpreter), so CI stays within its time on two cores."""
 
 
