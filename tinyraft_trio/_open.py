@@ -38,8 +38,10 @@ async def open_raft_node(
     requests it would forward to the leader (its clients' and its own callers') are answered
     with where the leader is instead, and it waits until those it took are answered and no
     request has come for a heartbeat interval, so its clients move on with every outcome
-    known (``RaftNode.drain``). At most one election timeout is spent on both. Then it
-    cancels the tasks and closes every connection. Callers still waiting in ``node.apply()``
+    known (``RaftNode.drain``). At most one election timeout is spent on both
+    (``RaftNode.wind_down``, which the block may call earlier, so that something else using
+    the node keeps answering meanwhile). Then it cancels the tasks and closes every
+    connection. Callers still waiting in ``node.apply()``
     then get ``LeadershipLostError`` (the outcome is unknown), later calls
     ``NodeClosedError``. If the block is left by a cancellation from outside, the node's
     tasks are cancelled with it and it stops at once, without handing over (as after a
