@@ -3,11 +3,9 @@ session entry a leader makes of a "submit" request."""
 
 from __future__ import annotations
 
-import time
-
 import msgpack
 
-from tinyraft_trio._answers import session_entry_data, with_leader_hint
+from tinyraft_trio._answers import leader_clock_ms, session_entry_data, with_leader_hint
 from tinyraft_trio._batching import decode_batch_answer, encode_batch_answer
 
 LEADER = "10.0.0.1:7000"
@@ -53,15 +51,14 @@ def test_each_ok_of_a_forwarded_batch_gets_the_hint() -> None:
     ]
 
 
-def test_a_session_entry_carries_the_given_clock_or_now() -> None:
+def test_a_session_entry_carries_the_given_clock() -> None:
     body = msgpack.packb(["client-1", 7, b"command", 5])
     given = session_entry_data(body, 1234)
     assert given is not None
     assert msgpack.unpackb(given) == ["client-1", 7, 5, 1234, b"command"]
-    before = int(time.time() * 1000)
-    now = session_entry_data(body)
-    assert now is not None
-    assert before <= msgpack.unpackb(now)[3] <= int(time.time() * 1000)
+    assert session_entry_data(body, leader_clock_ms(lambda: 12.3456)) == session_entry_data(
+        body, 12345
+    )
 
 
 def test_a_malformed_submit_body_has_no_session_entry() -> None:

@@ -9,7 +9,6 @@ the command adds the leader's address to an ``ok``: ``["ok", result, address]``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -217,11 +216,11 @@ def apply_answer(request: Request, result: object, error: BaseException | None) 
     return respond(request, apply_outcome(result, error))
 
 
-def session_entry_data(body: bytes, time_ms: int | None = None) -> bytes | None:
+def session_entry_data(body: bytes, time_ms: int) -> bytes | None:
     """The session entry for a "submit" request's body, or None if the body is malformed.
 
     The body is msgpack ``[client_id, sequence, command, first_outstanding?]``; the entry
-    also carries the leader's clock (``time_ms``, now if not given), by which sessions
+    also carries the leader's clock (``time_ms``, see ``leader_clock_ms``), by which sessions
     expire. The commands of one batch share one reading of the clock.
     """
     # The leader runs this for every command a session client sends.
@@ -242,14 +241,12 @@ def session_entry_data(body: bytes, time_ms: int | None = None) -> bytes | None:
         or first_outstanding < 0
     ):
         return None
-    if time_ms is None:
-        time_ms = leader_clock_ms()
     return encode_command(client_id, sequence, first_outstanding, time_ms, command)
 
 
-def leader_clock_ms(clock: Callable[[], float] = time.time) -> int:
-    """The leader's clock as session entries carry it: ``clock()`` seconds (the wall clock
-    unless given), in milliseconds."""
+def leader_clock_ms(clock: Callable[[], float]) -> int:
+    """The leader's clock as session entries carry it: ``clock()`` seconds (the node's wall
+    clock, or a simulation's), in milliseconds."""
     return int(clock() * 1000)
 
 

@@ -232,6 +232,7 @@ class RaftNode:
         """Shutting down: requests that would be forwarded are answered with where the leader
         is instead (see ``drain``)."""
         self._wound_down = False
+        """``wind_down`` has run: leaving ``open_raft_node`` does not run it again."""
         self._forwards_in_flight = 0
         self._forwards_idle = trio.Event()
         """Set when the last request being forwarded is answered."""
