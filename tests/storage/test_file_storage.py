@@ -256,6 +256,36 @@ async def test_records_of_large_entries_are_the_bytes_of_packing_them_whole(
     assert (await reload(tmp_path)).entries == tuple(written)
 
 
+async def test_short_writes_of_large_entries_are_continued(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large entry's data is written from its own buffer, beside the other records
+    (``os.writev``); a write that takes only part of them is continued where it stopped,
+    inside a buffer or at its end."""
+    real_writev = os.writev
+    calls = 0
+
+    def short_writev(fd: int, buffers: list[bytes]) -> int:
+        nonlocal calls
+        calls += 1
+        return real_writev(fd, [b"".join(bytes(b) for b in buffers)[:1000]])
+
+    sizes = [100, 5000, 30, 9000, 4096, 10, 4096]
+    written = [
+        Entry(term=2, index=index, kind=EntryKind.BATCH, data=bytes([index]) * size)
+        for index, size in enumerate(sizes, 1)
+    ]
+    async with opened(tmp_path) as storage:
+        monkeypatch.setattr(os, "writev", short_writev)
+        await storage.persist(hard_state=None, first_index=1, entries=written)
+        monkeypatch.undo()
+    (segment,) = segments(tmp_path)
+    expected = b"".join(encode_record(e.term, e.index, int(e.kind), e.data) for e in written)
+    assert calls == -(-len(expected) // 1000)
+    assert segment.read_bytes()[: len(expected)] == expected
+    assert (await reload(tmp_path)).entries == tuple(written)
+
+
 async def test_compaction_deletes_only_whole_covered_segments(tmp_path: pathlib.Path) -> None:
     async with opened(tmp_path, segment_bytes=512) as storage:
         await storage.persist(hard_state=None, first_index=1, entries=make_entries(1, 100))

@@ -29,8 +29,8 @@ class DiskFaults:
     def fail(self, name: str, code: int, *, skip: int = 0, partial: bool = False) -> None:
         """Fail ``os.<name>`` with ``code`` after ``skip`` good calls.
 
-        With ``partial`` (os.write only), the failing call first writes half its data and
-        returns, as a write meeting a full disk does; the call after it fails.
+        With ``partial`` (os.write or os.writev only), the failing call first writes half
+        its data and returns, as a write meeting a full disk does; the call after it fails.
         """
         real: Callable[..., Any] = getattr(os, name)
         self._armed[name] = (code, skip, partial)
@@ -44,6 +44,9 @@ class DiskFaults:
                 if partial:
                     self._armed[name] = (code, 0, False)
                     fd, data = args
+                    if name == "writev":
+                        whole = b"".join(bytes(buffer) for buffer in data)
+                        return real(fd, [whole[: max(1, len(whole) // 2)]])
                     return real(fd, bytes(data)[: max(1, len(data) // 2)])
                 raise OSError(code, os.strerror(code))
             return real(*args)
@@ -67,19 +70,24 @@ async def reload(path: pathlib.Path) -> PersistentState:
         await storage.close()
 
 
+@pytest.mark.parametrize(("name", "size"), [("write", 16), ("writev", 8192)])
 async def test_a_full_disk_mid_write_is_rolled_back(
-    tmp_path: pathlib.Path, faults: DiskFaults
+    tmp_path: pathlib.Path, faults: DiskFaults, name: str, size: int
 ) -> None:
+    """Small records are written joined (``os.write``), large entries' data from their own
+    buffers (``os.writev``): either way a half-done append is taken back."""
     acknowledged = make_entries(1, 10)
     async with opened(tmp_path) as storage:
         await storage.persist(hard_state=None, first_index=1, entries=acknowledged)
-        size = records_end(segments(tmp_path)[0])
-        faults.fail("write", errno.ENOSPC, partial=True)
+        size_before = records_end(segments(tmp_path)[0])
+        faults.fail(name, errno.ENOSPC, partial=True)
         with pytest.raises(OSError) as caught:
-            await storage.persist(hard_state=None, first_index=11, entries=make_entries(11, 5))
+            await storage.persist(
+                hard_state=None, first_index=11, entries=make_entries(11, 5, size=size)
+            )
         assert caught.value.errno == errno.ENOSPC
         # The half-written records were taken back.
-        assert segments(tmp_path)[0].stat().st_size == size
+        assert segments(tmp_path)[0].stat().st_size == size_before
         faults.heal()
         # The storage is still usable: the same entries go through now.
         await storage.persist(hard_state=None, first_index=11, entries=make_entries(11, 2))
