@@ -93,3 +93,26 @@ async def test_a_live_leader_keeps_its_place_when_one_follower_forgets_it(
         await trio.sleep(5)
         assert leader.status().role is Role.LEADER and leader.status().term == term
         assert follower.status().leader_id == leader.id
+
+
+async def test_a_pause_of_the_whole_machine_deposes_no_leader(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every node stops for four election timeouts at once (a virtual machine paused, a
+    laptop's lid closed). When they run again every timer is overdue, and the leader's
+    check-quorum (dissertation §6.2) is due in the same scheduler round as the reads of what
+    arrived meanwhile: it must not judge the followers by silence it caused itself. Five
+    pauses, at different points of the heartbeat cycle, on three seeds."""
+    for seed in range(3):
+        async with open_memory_cluster(
+            3, seed=seed, election_timeout=0.5, heartbeat_interval=0.1
+        ) as cluster:
+            leader = await cluster.wait_for_leader()
+            term = leader.status().term
+            for pause in range(5):
+                await trio.sleep(0.21 + 0.013 * pause)
+                autojump_clock.jump(2.0)
+                await trio.sleep(1.0)
+                status = leader.status()
+                assert (status.role, status.term) == (Role.LEADER, term), (seed, pause)
+            assert await cluster.apply(b"after the pauses") is not None
