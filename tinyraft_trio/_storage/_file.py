@@ -98,14 +98,14 @@ _FORMAT_VERSION = 1
 
 _INLINE_APPEND_MAX_BYTES = 64 * 1024
 _INLINE_APPEND_MAX_ENTRIES = 256
-_INLINE_APPEND_MAX_SECONDS = 0.001
+_INLINE_APPEND_MAX_SECONDS = 0.005
 """Inline appends that typically take longer block the event loop too long: to the thread."""
 _INLINE_COST_WEIGHT = 1 / 8
 """Weight of the latest inline append in the running average of their durations."""
 _INLINE_COST_START = 0.875 * _INLINE_APPEND_MAX_SECONDS
 """The average assumed before the first inline append, and after each spell in the thread:
-pessimistic, so that one append slower than 2 ms sends the next ones to the thread."""
-_INLINE_BACKOFF_APPENDS = 200
+pessimistic, so that one append slower than 10 ms sends the next ones to the thread."""
+_INLINE_BACKOFF_APPENDS = 20
 _HARD_STATE_MAGIC = b"TRHS"
 _SNAPSHOT_MAGIC = b"TRSN"
 # magic, format version, crc32 of everything after this header
@@ -956,12 +956,14 @@ class FileStorage:
         """Whether to append on the event loop rather than in a worker thread.
 
         A trip to a worker thread costs about 100 us of CPU, and more in latency (measured
-        with ``trio.to_thread.run_sync``), more than a small append and its ``fdatasync``
-        take on a fast disk (75 us, same machine). So small appends run inline while the
-        running average of their durations stays under a millisecond: an occasional slow
-        fsync (a few ms where three nodes share one disk) does not count for much, but a
-        slow disk soon does. Then the next 200 appends go to the thread before one is tried
-        inline again, so a slow disk blocks the event loop for about one write in 200.
+        with ``trio.to_thread.run_sync``), as much as a small append and its ``fdatasync``
+        take on a fast disk (75 to 900 us on the benchmark's machine, where three nodes
+        share one disk). So small appends run inline while the running average of their
+        durations stays under 5 ms: an event loop held up that long now and then costs a
+        node nothing (its heartbeats are 100 ms apart), an occasional slow fsync (10 ms or
+        more on a shared disk) does not count for much, but a slow disk soon does. Then the
+        next 20 appends go to the thread before one is tried inline again, so a slow disk
+        blocks the event loop for about one write in 20.
         """
         if self._inline_slow_until > 0:
             return False
