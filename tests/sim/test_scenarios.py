@@ -958,6 +958,80 @@ async def test_the_leader_sends_new_entries_before_writing_them_itself(
                 assert ("send", follower, index) in events[:written_at], (index, follower)
 
 
+async def test_a_leader_at_rest_writes_at_once_and_under_load_shares_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A leader writes new entries in the burst that brought them, right after sending
+    them, when its disk has rested since its last write at least as long as that write
+    took: a client writing one command at a time saves the ready loop's task switch. Under
+    load the ready loop writes, so that requests of one scheduler round from many
+    connections share one write: ten arriving at once cost two writes (the first one's,
+    made at once, and one for the other nine), not ten."""
+    writes: list[tuple[str, int]] = []  # the leader's: ("now" | "loop", entries written)
+    leader_id: list[NodeId] = []
+
+    class TimedStorage(MemoryStorage):
+        """Each write takes 2 ms of the virtual clock."""
+
+        def __init__(self, node_id: NodeId) -> None:
+            super().__init__()
+            self.node_id = node_id
+
+        def _record(self, path: str, entries: Sequence[Entry]) -> None:
+            if entries and self.node_id in leader_id:
+                writes.append((path, len(entries)))
+            autojump_clock.jump(0.002)
+
+        def persist_now(
+            self,
+            *,
+            hard_state: HardState | None,
+            first_index: int | None,
+            entries: Sequence[Entry],
+        ) -> bool:
+            self._record("now", entries)
+            return super().persist_now(
+                hard_state=hard_state, first_index=first_index, entries=entries
+            )
+
+        async def persist(
+            self,
+            *,
+            hard_state: HardState | None,
+            first_index: int | None,
+            entries: Sequence[Entry],
+        ) -> None:
+            self._record("loop", entries)
+            await super().persist(hard_state=hard_state, first_index=first_index, entries=entries)
+
+    network = MemoryNetwork(seed=54, delay=(0.001, 0.001))
+    async with open_memory_cluster(
+        3, seed=54, network=network, storage_factory=TimedStorage
+    ) as cluster:
+        leader = await cluster.wait_for_leader()
+        leader_id.append(leader.id)
+        address = cluster.address_of(leader.id)
+        await leader.apply(b"settled")
+        await trio.sleep(0.1)
+
+        writes.clear()
+        client = network.client("one-at-a-time")
+        for number in range(5):
+            response = await client.request(address, "apply", b"%d" % number, timeout=5)
+            assert response.ok
+            await trio.sleep(0.01)
+        assert writes == [("now", 1)] * 5
+
+        writes.clear()
+        async with trio.open_nursery() as nursery:
+            for number in range(10):
+                other = network.client(f"client-{number}")
+                nursery.start_soon(
+                    functools.partial(other.request, address, "apply", b"x", timeout=5)
+                )
+        assert writes == [("now", 1), ("loop", 9)]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @_bounded(4 * TEST_DEADLINE)
 async def test_every_answer_leaves_only_after_what_it_promises_is_persisted(
