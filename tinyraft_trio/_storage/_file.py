@@ -960,10 +960,10 @@ class FileStorage:
         take on a fast disk (75 to 900 us on the benchmark's machine, where three nodes
         share one disk). So small appends run inline while the running average of their
         durations stays under 5 ms: an event loop held up that long now and then costs a
-        node nothing (its heartbeats are 100 ms apart), an occasional slow fsync (10 ms or
-        more on a shared disk) does not count for much, but a slow disk soon does. Then the
-        next 20 appends go to the thread before one is tried inline again, so a slow disk
-        blocks the event loop for about one write in 20.
+        node nothing (its heartbeats are 100 ms apart by default), an occasional slow
+        fsync (10 ms or more on a shared disk) does not count for much, but a slow disk
+        soon does. Then the next 20 appends go to the thread before one is tried inline
+        again, so a slow disk blocks the event loop for about one write in 20.
         """
         if self._inline_slow_until > 0:
             return False
