@@ -910,6 +910,32 @@ async def test_a_follower_hearing_its_leader_does_not_move_its_timer_per_message
         assert trio.current_time() - silenced < 2.0
 
 
+WriteReport = Callable[[NodeId, str, Sequence[Entry]], None]
+
+
+class _ReportingStorage(MemoryStorage):
+    """MemoryStorage that reports each write to ``report(node_id, path, entries)`` before
+    making it: path "now" for ``persist_now`` (the delivering task's), "loop" for
+    ``persist`` (the ready loop's)."""
+
+    def __init__(self, node_id: NodeId, report: WriteReport) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.report = report
+
+    def persist_now(
+        self, *, hard_state: HardState | None, first_index: int | None, entries: Sequence[Entry]
+    ) -> bool:
+        self.report(self.node_id, "now", entries)
+        return super().persist_now(hard_state=hard_state, first_index=first_index, entries=entries)
+
+    async def persist(
+        self, *, hard_state: HardState | None, first_index: int | None, entries: Sequence[Entry]
+    ) -> None:
+        self.report(self.node_id, "loop", entries)
+        await super().persist(hard_state=hard_state, first_index=first_index, entries=entries)
+
+
 async def test_the_leader_sends_new_entries_before_writing_them_itself(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -918,23 +944,13 @@ async def test_the_leader_sends_new_entries_before_writing_them_itself(
     write it (a write that may block the event loop)."""
     events: list[tuple[str, NodeId, int]] = []
 
-    class RecordingStorage(MemoryStorage):
-        def __init__(self, node_id: NodeId) -> None:
-            super().__init__()
-            self.node_id = node_id
+    def report(node_id: NodeId, path: str, entries: Sequence[Entry]) -> None:
+        # Either path: the ready loop's, or the delivering task's once the disk has rested.
+        for entry in entries:
+            events.append(("persist", node_id, entry.index))
 
-        async def persist(
-            self,
-            *,
-            hard_state: HardState | None,
-            first_index: int | None,
-            entries: Sequence[Entry],
-        ) -> None:
-            for entry in entries:
-                events.append(("persist", self.node_id, entry.index))
-            await super().persist(hard_state=hard_state, first_index=first_index, entries=entries)
-
-    async with open_memory_cluster(3, seed=53, storage_factory=RecordingStorage) as cluster:
+    storage = functools.partial(_ReportingStorage, report=report)
+    async with open_memory_cluster(3, seed=53, storage_factory=storage) as cluster:
         leader = await cluster.wait_for_leader()
         await leader.apply(b"first")  # its no-op is written too
         transport = leader._transport
@@ -970,44 +986,14 @@ async def test_a_leader_at_rest_writes_at_once_and_under_load_shares_one_write(
     writes: list[tuple[str, int]] = []  # the leader's: ("now" | "loop", entries written)
     leader_id: list[NodeId] = []
 
-    class TimedStorage(MemoryStorage):
-        """Each write takes 2 ms of the virtual clock."""
+    def report(node_id: NodeId, path: str, entries: Sequence[Entry]) -> None:
+        if entries and node_id in leader_id:
+            writes.append((path, len(entries)))
+        autojump_clock.jump(0.002)  # each write takes 2 ms of the virtual clock
 
-        def __init__(self, node_id: NodeId) -> None:
-            super().__init__()
-            self.node_id = node_id
-
-        def _record(self, path: str, entries: Sequence[Entry]) -> None:
-            if entries and self.node_id in leader_id:
-                writes.append((path, len(entries)))
-            autojump_clock.jump(0.002)
-
-        def persist_now(
-            self,
-            *,
-            hard_state: HardState | None,
-            first_index: int | None,
-            entries: Sequence[Entry],
-        ) -> bool:
-            self._record("now", entries)
-            return super().persist_now(
-                hard_state=hard_state, first_index=first_index, entries=entries
-            )
-
-        async def persist(
-            self,
-            *,
-            hard_state: HardState | None,
-            first_index: int | None,
-            entries: Sequence[Entry],
-        ) -> None:
-            self._record("loop", entries)
-            await super().persist(hard_state=hard_state, first_index=first_index, entries=entries)
-
+    storage = functools.partial(_ReportingStorage, report=report)
     network = MemoryNetwork(seed=54, delay=(0.001, 0.001))
-    async with open_memory_cluster(
-        3, seed=54, network=network, storage_factory=TimedStorage
-    ) as cluster:
+    async with open_memory_cluster(3, seed=54, network=network, storage_factory=storage) as cluster:
         leader = await cluster.wait_for_leader()
         leader_id.append(leader.id)
         address = cluster.address_of(leader.id)
