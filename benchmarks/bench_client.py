@@ -447,6 +447,26 @@ def idle_seconds() -> float | None:
         return None
 
 
+def disk_written_bytes() -> int | None:
+    """Bytes written so far to the machine's disks (``/sys/block/*/stat``: whole disks, their
+    partitions included; loop, RAM and device-mapper devices left out, as they pass their
+    writes on to a disk counted already or to none); None where that cannot be read."""
+    total = 0
+    try:
+        devices = os.listdir("/sys/block")
+    except OSError:
+        return None
+    for device in devices:
+        if device.startswith(("loop", "ram", "zram", "dm-", "md")):
+            continue
+        try:
+            with open(f"/sys/block/{device}/stat") as stat:
+                total += int(stat.read().split()[6]) * 512  # sectors written, always 512 B here
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 async def scheduling(processes: dict[str, int], seconds: float) -> dict[str, Any]:
     """How each process (name: pid) spent the next ``seconds``: the share of a core it ran
     (``cpu``) and the share it spent runnable but waiting for a core (``waiting``), under
@@ -454,13 +474,20 @@ async def scheduling(processes: dict[str, int], seconds: float) -> dict[str, Any
 
     A process that waits for a core while another sits idle is held back by the OS's
     scheduler, not by its own work; one that runs nearly a whole core is the limit itself.
+    Also ``disk_write_mb_s``: what the machine's disks took a second meanwhile, from every
+    process (the nodes' log and snapshots, mostly, and the file system's journal).
     """
     before = {name: scheduled_seconds(pid) for name, pid in processes.items()}
     idle_before = idle_seconds()
+    written_before = disk_written_bytes()
     started = now()
     await trio.sleep(seconds)
     elapsed = now() - started
     idle_after = idle_seconds()
+    written_after = disk_written_bytes()
+    disk_rate = None
+    if written_before is not None and written_after is not None and elapsed > 0:
+        disk_rate = (written_after - written_before) / elapsed / 1e6
     idle_cores = None
     if idle_before is not None and idle_after is not None and elapsed > 0:
         idle_cores = (idle_after - idle_before) / elapsed
@@ -475,7 +502,7 @@ async def scheduling(processes: dict[str, int], seconds: float) -> dict[str, Any
                 "waiting": (last[1] - first[1]) / elapsed,
             }
         )
-    return {"processes": found, "idle_cores": idle_cores}
+    return {"processes": found, "idle_cores": idle_cores, "disk_write_mb_s": disk_rate}
 
 
 async def reads(backend: Any, leader: str, point: dict[str, Any]) -> dict[str, Any]:
