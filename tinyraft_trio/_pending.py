@@ -15,12 +15,28 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from typing import Protocol
 
 import trio
 
-__all__ = ["DeadlineTimer", "PendingCall"]
+__all__ = ["DeadlineTimer", "Expiring", "PendingCall"]
 
 _MIN_COMPACT_AT = 1024
+
+
+class Expiring(Protocol):
+    """What ``DeadlineTimer`` watches: a ``PendingCall``, or something standing for several
+    (a batch of requests watched once for all its members)."""
+
+    deadline: float
+    """Invariant: fixed while the timer holds it (the timer's queues are ordered by it)."""
+    finished: bool
+    """Once True, the timer forgets it without expiring it."""
+
+    def expire(self) -> None:
+        """Called once ``deadline`` has passed, unless ``finished`` by then."""
+
+    def __lt__(self, other: Expiring, /) -> bool: ...
 
 
 class PendingCall:
@@ -44,7 +60,7 @@ class PendingCall:
     def abandon(self) -> None:
         """The caller stopped waiting (deadline or cancellation); undo what the call holds."""
 
-    def __lt__(self, other: PendingCall) -> bool:
+    def __lt__(self, other: Expiring) -> bool:
         """Earlier deadline first, as the timer orders the calls it cannot queue in order."""
         return self.deadline < other.deadline
 
@@ -97,7 +113,8 @@ class PendingCall:
 
 
 class DeadlineTimer:
-    """Expires the ``PendingCall``s given to ``watch`` when their deadlines pass.
+    """Expires the ``PendingCall``s (any ``Expiring``) given to ``watch`` when their deadlines
+    pass.
 
     One task (started in the given nursery on first use) sleeps until the earliest deadline.
     Calls that finish early stay queued until they reach the front or the queues are
@@ -112,9 +129,9 @@ class DeadlineTimer:
     __slots__ = ("_compact_at", "_heap", "_queue", "_scope", "_started")
 
     def __init__(self) -> None:
-        self._queue: deque[PendingCall] = deque()
+        self._queue: deque[Expiring] = deque()
         """Invariant: deadlines in non-decreasing order."""
-        self._heap: list[PendingCall] = []
+        self._heap: list[Expiring] = []
         """The calls whose deadline came out of order."""
         self._compact_at = _MIN_COMPACT_AT
         """Drop finished calls when the queues grow this long (amortized O(1))."""
@@ -122,7 +139,8 @@ class DeadlineTimer:
         """The timer task's sleep, once it runs; its deadline is at most the earliest one."""
         self._started = False
 
-    def watch(self, call: PendingCall, nursery: trio.Nursery) -> None:
+    def watch(self, call: Expiring, nursery: trio.Nursery) -> None:
+        """Expire ``call`` once its deadline passes (unless it is ``finished`` by then)."""
         queue = self._queue
         if len(queue) + len(self._heap) >= self._compact_at:
             self._compact()
@@ -161,8 +179,12 @@ class DeadlineTimer:
                 await trio.sleep_forever()
             self._scope = None
             now = trio.current_time()
-            queue, heap = self._queue, self._heap
-            while queue and queue[0].deadline <= now:
-                queue.popleft().expire()
-            while heap and heap[0].deadline <= now:
-                heapq.heappop(heap).expire()
+            # The queues are looked up afresh each time: an expiry may watch something again,
+            # and ``watch`` may replace them (``_compact``).
+            while True:
+                if self._queue and self._queue[0].deadline <= now:
+                    self._queue.popleft().expire()
+                elif self._heap and self._heap[0].deadline <= now:
+                    heapq.heappop(self._heap).expire()
+                else:
+                    break

@@ -14,6 +14,7 @@ multiplexed on it by ``request_id``. The answering side is the transport's
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -35,7 +36,7 @@ from ._batching import (
 from ._config import parse_address
 from ._exceptions import RaftError
 from ._outbox import Outbox
-from ._pending import DeadlineTimer, PendingCall
+from ._pending import DeadlineTimer, Expiring, PendingCall
 from ._receive import SocketReader
 from ._wire import (
     MAX_ID_CHARS,
@@ -337,9 +338,26 @@ class _Batch:
 
     The connection's writer encodes it only when it takes it, so requests join it until
     then. Its members are ``_Call``s without frames; the batch's answer is split among them.
+
+    The deadline timer watches the batch rather than each member (one entry instead of a
+    thousand): the batch's ``deadline`` is its first member's, and members mostly join with
+    later deadlines (the same timeout, asked later). When it passes, the batch expires the
+    members whose deadlines have passed and is watched again for the earliest of the rest.
+    A member joining with an earlier deadline than the batch's is watched on its own.
     """
 
-    __slots__ = ("bodies", "calls", "connection", "method", "packer", "request_id", "room")
+    __slots__ = (
+        "bodies",
+        "calls",
+        "connection",
+        "deadline",
+        "finished",
+        "method",
+        "packer",
+        "request_id",
+        "room",
+        "watch",
+    )
 
     def __init__(
         self,
@@ -348,12 +366,21 @@ class _Batch:
         request_id: int,
         max_frame_bytes: int,
         packer: msgpack.Packer,
+        deadline: float,
+        watch: Callable[[Expiring], None],
     ) -> None:
         self.connection = connection
         self.method = method
         self.request_id = request_id
         self.packer = packer
         """The client's own, for ``encode_batch_frame``."""
+        self.deadline = deadline
+        """When the timer next looks at the batch: at most the deadline of each member that
+        it does not watch on its own."""
+        self.finished = False
+        """The batch was answered or failed, or its members all expired: the timer drops it."""
+        self.watch = watch
+        """Has the client's deadline timer watch the batch (or a member)."""
         self.calls: list[_Call] = []
         """Invariant: once encoded, exactly the calls sent, in the order sent."""
         self.bodies: list[bytes] = []
@@ -390,8 +417,30 @@ class _Batch:
             self.request_id, BATCH_METHOD_OF[self.method], bodies, self.packer
         )
 
+    def __lt__(self, other: Expiring) -> bool:
+        return self.deadline < other.deadline
+
+    def expire(self) -> None:
+        """Expire the members whose deadlines have passed; watch again for the others."""
+        if self.finished:
+            return
+        now = trio.current_time()
+        waiting = []
+        for call in self.calls:
+            if not call.finished:
+                if call.deadline <= now:
+                    call.expire()
+                else:
+                    waiting.append(call)
+        if waiting:
+            self.deadline = min(call.deadline for call in waiting)
+            self.watch(self)
+        else:
+            self.finished = True
+
     def finish(self, response: object = None, failure: str | None = None) -> None:
         """Give each member its share of the batch's ``response`` (or the ``failure``)."""
+        self.finished = True
         calls = self.calls
         if not isinstance(response, Response) or len(calls) == 1 or not response.ok:
             # A refusal (ok=False) is every member's answer.
@@ -545,9 +594,12 @@ class RpcClient:
             TypeError: ``body`` is not bytes.
         """
         seconds = check_request(method, body, timeout)
-        request_id = self._new_request_id()
         batchable = method in BATCH_METHOD_OF and len(body) <= self._max_frame_bytes // 2
-        frame = None if batchable else self._request_frame(request_id, method, body)
+        request_id = 0  # a batch's members go under the batch's
+        frame = None
+        if not batchable:
+            request_id = self._new_request_id()
+            frame = self._request_frame(request_id, method, body)
         nursery = self._nursery
         if nursery is None or self._closed:
             raise TransportError(address, "the RPC client is not running")
@@ -557,14 +609,15 @@ class RpcClient:
             connection = await self._usable_connection(address, deadline, seconds, nursery)
         if frame is None and connection.outbox.writes_now():
             # Nothing to wait behind: alone, it goes out at once.
+            request_id = self._new_request_id()
             frame = self._request_frame(request_id, method, body)
         call = _Call(deadline, connection, request_id, frame)
         if frame is None:
-            self._join_batch(connection, method, call, body)
+            self._join_batch(connection, method, call, body, nursery)
         else:
             connection.calls[request_id] = call
             connection.outbox.put(frame)
-        self._deadlines.watch(call, nursery)
+            self._deadlines.watch(call, nursery)
         # Parked here rather than in ``call.wait()``: one coroutine less for each of the
         # thousands of requests that may wait at once. Nothing since the call was queued
         # (no checkpoint) can have finished it, so it always parks.
@@ -642,18 +695,31 @@ class RpcClient:
         check_frame_size(frame, self._max_frame_bytes, f"a {method} request")
         return frame
 
-    def _join_batch(self, connection: _Connection, method: str, call: _Call, body: bytes) -> None:
-        """Queue ``call`` in the connection's open batch for ``method`` (or a new one)."""
+    def _join_batch(
+        self, connection: _Connection, method: str, call: _Call, body: bytes, nursery: trio.Nursery
+    ) -> None:
+        """Queue ``call`` in the connection's open batch for ``method`` (or a new one), and
+        see that its deadline is watched."""
         batch = connection.batches.get(method)
-        if batch is None or not batch.add(call, body):
-            request_id = self._new_request_id()
-            batch = _Batch(
-                connection, method, request_id, self._max_frame_bytes, self._batch_packer
-            )
-            batch.add(call, body)
-            connection.batches[method] = batch
-            connection.calls[request_id] = batch
-            connection.outbox.put_later(batch)
+        if batch is not None and batch.add(call, body):
+            if call.deadline < batch.deadline:
+                batch.watch(call)  # the batch is watched for later
+            return
+        request_id = self._new_request_id()
+        batch = _Batch(
+            connection,
+            method,
+            request_id,
+            self._max_frame_bytes,
+            self._batch_packer,
+            call.deadline,
+            functools.partial(self._deadlines.watch, nursery=nursery),
+        )
+        batch.add(call, body)
+        connection.batches[method] = batch
+        connection.calls[request_id] = batch
+        connection.outbox.put_later(batch)
+        batch.watch(batch)
 
     def _forget(self, connection: _Connection, reason: str) -> None:
         connection.fail(reason)

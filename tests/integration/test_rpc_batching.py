@@ -8,6 +8,7 @@ import math
 import msgpack
 import pytest
 import trio
+import trio.testing
 from test_rpc import CLUSTER, Server
 
 from tinyraft_trio._batching import (
@@ -22,6 +23,7 @@ from tinyraft_trio._batching import (
 from tinyraft_trio._rpc import (
     Request,
     Response,
+    RpcClient,
     TransportError,
     _Batch,
     _Call,
@@ -160,10 +162,23 @@ async def test_a_lost_connection_fails_every_caller_of_a_batch() -> None:
     assert all(isinstance(r, TransportError) for r in results.values())
 
 
+def unwatched_batch(connection: _Connection, request_id: int, max_frame_bytes: int) -> _Batch:
+    """An "apply" batch that no deadline timer watches (no deadline, no client running)."""
+    return _Batch(
+        connection,
+        "apply",
+        request_id,
+        max_frame_bytes=max_frame_bytes,
+        packer=new_batch_packer(),
+        deadline=math.inf,
+        watch=lambda item: None,
+    )
+
+
 def queued_batch(count: int) -> tuple[_Connection, _Batch, list[_Call]]:
     """A connection with a batch of ``count`` "apply" calls queued, as ``request`` leaves it."""
     connection = _Connection("127.0.0.1:1", math.inf)
-    batch = _Batch(connection, "apply", 77, max_frame_bytes=1 << 20, packer=new_batch_packer())
+    batch = unwatched_batch(connection, 77, max_frame_bytes=1 << 20)
     connection.batches["apply"] = batch
     connection.calls[77] = batch
     calls = [_Call(math.inf, connection, n, frame=None) for n in range(count)]
@@ -228,12 +243,12 @@ def test_a_batch_whose_callers_all_gave_up_is_not_sent() -> None:
 
 def test_a_full_batch_takes_no_more() -> None:
     connection = _Connection("127.0.0.1:1", math.inf)
-    batch = _Batch(connection, "apply", 1, max_frame_bytes=4096, packer=new_batch_packer())
+    batch = unwatched_batch(connection, 1, max_frame_bytes=4096)
     call = _Call(math.inf, connection, 2, frame=None)
     assert not batch.add(call, b"x" * 4000)  # beyond the frame's room
     assert batch.add(call, b"x" * 3000)
     assert not batch.add(call, b"x" * 1000)
-    batch = _Batch(connection, "apply", 3, max_frame_bytes=1 << 20, packer=new_batch_packer())
+    batch = unwatched_batch(connection, 3, max_frame_bytes=1 << 20)
     assert all(batch.add(call, b"") for _ in range(MAX_BATCH_REQUESTS))
     assert not batch.add(call, b"")  # beyond the count
 
@@ -262,3 +277,54 @@ def test_a_batch_that_cannot_be_packed_leaves_the_packer_empty() -> None:
     assert len(packer.getbuffer()) == 0
     frame = encode_batch_frame(2, "apply_batch", [b"b", b"c"], packer)
     assert decode_frame(frame).body == encode_batch_body([b"b", b"c"])
+
+
+async def test_each_caller_in_a_batch_expires_at_its_own_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The deadline timer watches a batch, not each of its callers, yet each caller's request
+    times out at its own deadline: callers joining with later deadlines than the first (the
+    usual case), with the same, and with an earlier one; none of them is then sent."""
+    client = RpcClient(client_id="cli", cluster_id=CLUSTER)
+    connection = _Connection("127.0.0.1:1", math.inf)
+    offsets = [1.0, 3.0, 0.5, 2.0, 2.0, 5.0]
+    woke: dict[int, tuple[float, bool]] = {}
+    start = trio.current_time()
+
+    async def wait(n: int, call: _Call) -> None:
+        await call.wait()
+        woke[n] = (trio.current_time() - start, call.timed_out)
+
+    async with trio.open_nursery() as nursery:
+        for n, offset in enumerate(offsets):
+            call = _Call(start + offset, connection, 0, frame=None)
+            client._join_batch(connection, "apply", call, b"%d" % n, nursery)
+            nursery.start_soon(wait, n, call)
+        await trio.sleep(max(offsets) + 1)
+        nursery.cancel_scope.cancel()  # the timer's task sleeps on
+    assert woke == {n: (pytest.approx(offset), True) for n, offset in enumerate(offsets)}
+    (batch,) = connection.calls.values()
+    assert isinstance(batch, _Batch) and batch.finished
+    assert batch.encode() == b""
+
+
+async def test_an_answered_batch_leaves_the_deadline_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Once its answer came, a batch is no longer the timer's: the timer then has nothing
+    left to wait for (rather than holding the batch until its deadline)."""
+    client = RpcClient(client_id="cli", cluster_id=CLUSTER)
+    connection = _Connection("127.0.0.1:1", math.inf)
+    async with trio.open_nursery() as nursery:
+        calls = [_Call(trio.current_time() + 10, connection, 0, frame=None) for _ in range(3)]
+        for n, call in enumerate(calls):
+            client._join_batch(connection, "apply", call, b"%d" % n, nursery)
+        (batch,) = connection.calls.values()
+        assert isinstance(batch, _Batch)
+        frame = batch.encode()
+        request_id = decode_frame(frame).request_id
+        body = encode_batch_answer([True] * 3, [b"a", b"b", b"c"])
+        batch.finish(Response(request_id=request_id, ok=True, body=body))
+        assert [call.response.body for call in calls] == [b"a", b"b", b"c"]  # type: ignore[attr-defined]
+        assert client._deadlines._earliest() == math.inf
+        nursery.cancel_scope.cancel()
