@@ -378,7 +378,8 @@ class _Batch:
         """When the timer next looks at the batch: at most the deadline of each member that
         it does not watch on its own."""
         self.finished = False
-        """The batch was answered or failed, or its members all expired: the timer drops it."""
+        """The batch was answered or failed, or none of its members waits any more: the
+        timer drops it."""
         self.watch = watch
         """Has the client's deadline timer watch the batch (or a member)."""
         self.calls: list[_Call] = []
@@ -407,6 +408,7 @@ class _Batch:
             self.bodies = [body for _, body in kept]
         if not self.calls:
             connection.calls.pop(self.request_id, None)
+            self.finished = True  # nothing left to answer: the timer may drop it now
             return b""
         bodies, self.bodies = self.bodies, []
         if len(bodies) == 1:

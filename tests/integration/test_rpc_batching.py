@@ -239,6 +239,7 @@ def test_a_batch_whose_callers_all_gave_up_is_not_sent() -> None:
         call.finished = True
     assert batch.encode() == b""
     assert connection.calls == {} and connection.batches == {}
+    assert batch.finished  # and the deadline timer need not keep it until its deadline
 
 
 def test_a_full_batch_takes_no_more() -> None:
