@@ -43,6 +43,27 @@ async def test_finish_wakes_the_caller_with_the_answer_once(
         nursery.cancel_scope.cancel()
 
 
+async def test_callers_are_woken_again_and_again_by_the_same_means() -> None:
+    # Every wake-up shares one outcome (see _pending._Resumed): a one-shot outcome shared
+    # so would fail the second caller it woke.
+    answers: list[object] = []
+
+    async def ask(call: PendingCall) -> None:
+        await call.wait()
+        answers.append(call.response)
+
+    with trio.fail_after(5):
+        for round_ in range(3):
+            calls = [RecordingCall(deadline=trio.current_time() + 10) for _ in range(5)]
+            async with trio.open_nursery() as nursery:
+                for call in calls:
+                    nursery.start_soon(ask, call)
+                await trio.testing.wait_all_tasks_blocked()
+                for position, call in enumerate(calls):
+                    call.finish((round_, position))
+    assert sorted(answers) == [(r, p) for r in range(3) for p in range(5)]  # type: ignore[type-var]
+
+
 async def test_a_call_finished_before_it_waits_returns_at_once() -> None:
     call = RecordingCall(deadline=trio.current_time() + 10)
     call.finish(failure="connection lost")
