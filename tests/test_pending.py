@@ -64,6 +64,21 @@ async def test_callers_are_woken_again_and_again_by_the_same_means() -> None:
     assert sorted(answers) == [(r, p) for r in range(3) for p in range(5)]  # type: ignore[type-var]
 
 
+async def test_finish_each_answers_every_call_still_waiting_and_only_those() -> None:
+    calls = [RecordingCall(deadline=trio.current_time() + 10) for _ in range(3)]
+    woke: list[tuple[float, PendingCall]] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for call in calls:
+                nursery.start_soon(wait_and_record, call, woke)
+            await trio.testing.wait_all_tasks_blocked()
+            calls[1].finish(failure="gave up")
+            PendingCall.finish_each(calls, ["a", "b", "c"])
+    assert {id(c) for _, c in woke} == {id(c) for c in calls}
+    assert [c.response for c in calls] == ["a", None, "c"]
+    assert calls[1].failure == "gave up"
+
+
 async def test_a_call_finished_before_it_waits_returns_at_once() -> None:
     call = RecordingCall(deadline=trio.current_time() + 10)
     call.finish(failure="connection lost")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Iterable
 from typing import Protocol, TypeVar
 
 import outcome
@@ -108,6 +108,18 @@ class PendingCall:
         self.failure = failure
         if self.task is not None:
             trio.lowlevel.reschedule(self.task, _RESUMED)
+
+    @staticmethod
+    def finish_each(calls: Iterable[PendingCall], responses: Iterable[object]) -> None:
+        """``call.finish(response)`` for each pair: the same, in one Python call for a
+        batch of calls rather than one per call."""
+        reschedule = trio.lowlevel.reschedule
+        for call, response in zip(calls, responses, strict=True):
+            if not call.finished:
+                call.finished = True
+                call.response = response
+                if call.task is not None:
+                    reschedule(call.task, _RESUMED)
 
     def expire(self) -> None:
         """The deadline passed: wake the caller with ``timed_out`` set."""

@@ -15,6 +15,7 @@ multiplexed on it by ``request_id``. The answering side is the transport's
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import random
@@ -455,8 +456,10 @@ class _Batch:
                 call.finish(failure="the node's answer to a batch is malformed")
             return
         request_id = response.request_id
-        for call, ok, body in zip(calls, *answers, strict=True):
-            call.finish(build_response(request_id, ok, body))
+        oks, bodies = answers
+        PendingCall.finish_each(
+            calls, map(build_response, itertools.repeat(request_id), oks, bodies)
+        )
 
 
 class _Connection:
